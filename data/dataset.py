@@ -1,0 +1,190 @@
+"""Reading trajectory datasets: windows, whole trajectories, split by trajectory, z-score stats.
+
+A window is (k context states s_{t-k+1..t}, action a_t, next state s_{t+1}); all windows
+are cut at once with fancy indexing. Episodes are split into train/test by a seeded
+permutation of trajectory ids, and normalisation statistics use the training split only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from trajebm.data import storage
+from trajebm.errors import UsageError
+
+SPLITS = ("train", "test", "all")
+
+
+class Windows(NamedTuple):
+    """Training examples: ``context`` (M, k, D), ``action`` (M, A), ``next_state`` (M, D)."""
+
+    context: np.ndarray
+    action: np.ndarray
+    next_state: np.ndarray
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Per-dimension mean and standard deviation (floored, so constant dims stay finite)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
+
+    def denormalize(self, z: np.ndarray) -> np.ndarray:
+        return z * self.std + self.mean
+
+    @classmethod
+    def of(cls, x: np.ndarray, dtype: str | np.dtype = "float64", floor: float = 1e-6) -> NormStats:
+        """Statistics of the rows of ``x``, computed in float64 and stored as ``dtype``."""
+        x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        std = np.maximum(x.std(axis=0), floor)
+        return cls(x.mean(axis=0).astype(dtype), std.astype(dtype))
+
+
+class TrajectoryDataset:
+    """A collected dataset split by trajectory, cut into windows of ``context`` states.
+
+    Everything is held in memory as ``dtype`` arrays (use float32 for torch training);
+    ``torch.from_numpy`` on the arrays of :meth:`windows` gives training tensors.
+    """
+
+    def __init__(self, path: str | os.PathLike, context: int = 4, test_fraction: float = 0.1,
+                 seed: int = 0, dtype: str | np.dtype = "float64") -> None:
+        if context <= 0:
+            raise UsageError(f"context must be positive, got {context}")
+        if not 0.0 <= test_fraction < 1.0:
+            raise UsageError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        self.path = Path(path)
+        self.context = context
+        self.metadata, self._states, self._actions = storage.load_arrays(path)
+        lengths = np.array([len(a) for a in self._actions])
+        short = np.flatnonzero(lengths < context)
+        if len(short):
+            raise UsageError(
+                f"episode {short[0]} has {lengths[short[0]]} steps; a window of {context} "
+                f"context states needs at least {context}"
+            )
+        n = len(self._states)
+        n_test = int(round(test_fraction * n)) if n > 1 else 0
+        n_test = min(max(n_test, 1 if test_fraction > 0 and n > 1 else 0), n - 1)
+        order = np.random.default_rng(seed).permutation(n)
+        self.split_ids = {
+            "train": np.sort(order[n_test:]),
+            "test": np.sort(order[:n_test]),
+            "all": np.arange(n),
+        }
+        train = self.split_ids["train"]
+        self.state_stats = NormStats.of(np.concatenate([self._states[i] for i in train]), dtype)
+        self.action_stats = NormStats.of(np.concatenate([self._actions[i] for i in train]), dtype)
+        self._states = [s.astype(dtype, copy=False) for s in self._states]
+        self._actions = [a.astype(dtype, copy=False) for a in self._actions]
+
+    @property
+    def state_dim(self) -> int:
+        return self._states[0].shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        return self._actions[0].shape[1]
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._states)
+
+    def _ids(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise UsageError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        return self.split_ids[split]
+
+    def trajectories(self, split: str = "test", normalized: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """States (n, T+1, D) and actions (n, T, A) of the whole episodes in ``split``."""
+        ids = self._ids(split)
+        if len({len(self._actions[i]) for i in ids}) > 1:
+            raise UsageError("episodes have different lengths; use windows() instead")
+        states = np.stack([self._states[i] for i in ids]) if len(ids) else np.zeros((0, 0, 0))
+        actions = np.stack([self._actions[i] for i in ids]) if len(ids) else np.zeros((0, 0, 0))
+        if normalized and len(ids):
+            states = self.state_stats.normalize(states)
+        return states, actions
+
+    def windows(self, split: str = "train", normalized: bool = False) -> Windows:
+        """Every (context, action, next state) window of the episodes in ``split``, as arrays."""
+        ids = self._ids(split)
+        k = self.context
+        if not len(ids):
+            empty = np.zeros((0, self.state_dim))
+            return Windows(np.zeros((0, k, self.state_dim)), np.zeros((0, self.action_dim)), empty)
+        states = np.concatenate([self._states[i] for i in ids])
+        actions = np.concatenate([self._actions[i] for i in ids])
+        lengths = np.array([len(self._actions[i]) for i in ids])
+        state_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+        action_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        per_episode = lengths - k + 1
+        episode = np.repeat(np.arange(len(ids)), per_episode)
+        offset = np.repeat(np.cumsum(per_episode) - per_episode, per_episode)
+        t = np.arange(per_episode.sum()) - offset
+        first = state_start[episode] + t
+        context = states[first[:, None] + np.arange(k)]
+        next_state = states[first + k]
+        action = actions[action_start[episode] + t + k - 1]
+        if normalized:
+            context = self.state_stats.normalize(context)
+            next_state = self.state_stats.normalize(next_state)
+        return Windows(context, action, next_state)
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+
+def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
+    """A summary of the dataset at ``path``: sizes, dims, policy, seeds and versions."""
+    metadata, states, actions = storage.load_arrays(path)
+    own = metadata["trajebm"]
+    lengths = [len(a) for a in actions]
+    return {
+        "path": str(path),
+        "dataset_id": metadata["dataset_id"],
+        "env_id": own["env_id"],
+        "episodes": len(states),
+        "steps": int(sum(lengths)),
+        "episode_length": (min(lengths), max(lengths)) if lengths else (0, 0),
+        "state_dim": own["state_dim"],
+        "action_dim": own["action_dim"],
+        "include_velocities": own["include_velocities"],
+        "policy": own["policy"],
+        "seed": own["seed"],
+        "versions": own["collection"]["versions"],
+        "git_commit": own["git_commit"],
+        "minari_version": metadata["minari_version"],
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """``dataset_info`` as aligned ``key: value`` lines for the terminal."""
+    lo, hi = info["episode_length"]
+    policy = dict(info["policy"])
+    name = policy.pop("name")
+    lines = {
+        "dataset": f"{info['dataset_id']} ({info['path']})",
+        "env": info["env_id"],
+        "episodes": info["episodes"],
+        "steps": f"{info['steps']} (episode length {lo if lo == hi else f'{lo}-{hi}'})",
+        "state dim": f"{info['state_dim']}"
+        + (" (positions + velocities)" if info["include_velocities"] else " (positions)"),
+        "action dim": info["action_dim"],
+        "policy": f"{name} " + " ".join(f"{k}={v}" for k, v in policy.items()),
+        "seed": info["seed"],
+        "versions": " ".join(f"{k}={v}" for k, v in info["versions"].items()),
+        "git commit": info["git_commit"],
+        "minari format": info["minari_version"],
+    }
+    return "\n".join(f"{key + ':':<15}{value}" for key, value in lines.items())

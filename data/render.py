@@ -1,0 +1,67 @@
+"""Render stored (or predicted) state sequences offscreen to mp4/gif videos or a png strip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from trajebm.data import storage
+from trajebm.errors import UsageError
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+STRIP_FRAMES = 8
+
+
+def render_frames(env_id: str, states: np.ndarray, width: int = 256, height: int = 256,
+                  include_velocities: bool = False) -> np.ndarray:
+    """RGB frames (N, H, W, 3) of the hand set to each of ``states`` (N, D) in turn."""
+    import gymnasium as gym
+
+    import trajebm.envs  # noqa: F401  (registers the envs, selects EGL)
+
+    env = gym.make(env_id, include_velocities=include_velocities, render_mode="rgb_array",
+                   width=width, height=height).unwrapped
+    try:
+        env.reset(seed=0)
+        if states.shape[1:] != env.observation_space.shape:
+            raise UsageError(f"states have shape {states.shape[1:]}, env expects "
+                             f"{env.observation_space.shape}")
+        frames = []
+        for state in states:
+            env.set_state_vector(state)
+            frames.append(env.render())
+    finally:
+        env.close()
+    return np.stack(frames)
+
+
+def render_episode(path: str | os.PathLike, episode: int, out: str | os.PathLike,
+                   width: int = 256, height: int = 256, every: int = 1) -> Path:
+    """Render episode ``episode`` of a dataset to ``out`` (.mp4/.gif video, .png frame strip)."""
+    import imageio.v2 as imageio
+
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (*VIDEO_SUFFIXES, ".png"):
+        raise UsageError(f"output must end in .mp4, .gif or .png, got {out.name!r}")
+    if every <= 0 or width <= 0 or height <= 0:
+        raise UsageError("--every, --width and --height must be positive")
+    metadata, states, _ = storage.load_arrays(path)
+    if not 0 <= episode < len(states):
+        raise UsageError(f"episode {episode} out of range; the dataset has {len(states)}")
+    own = metadata["trajebm"]
+    chosen = states[episode][::every]
+    if suffix == ".png":
+        chosen = states[episode][np.linspace(0, len(states[episode]) - 1, STRIP_FRAMES).astype(int)]
+    frames = render_frames(own["env_id"], chosen, width, height, own["include_velocities"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fps = max(1, round(1.0 / (own["dt"] * every)))
+    if suffix == ".png":
+        imageio.imwrite(out, np.concatenate(list(frames), axis=1))
+    elif suffix == ".gif":
+        imageio.mimsave(out, list(frames), duration=1000.0 / fps, loop=0)
+    else:
+        imageio.mimsave(out, list(frames), fps=fps, macro_block_size=1)
+    return out

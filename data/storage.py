@@ -1,0 +1,186 @@
+"""Minari-layout files written and read with h5py: DIR/data/main_data.hdf5 + metadata.json.
+
+Layout (as minari 0.5 writes it): one ``episode_{i}`` group per episode holding
+``observations`` (T+1, D), ``actions`` (T, A), ``rewards``, ``terminations`` and
+``truncations`` (T,), with attributes ``id``, ``seed`` and ``total_steps``. The metadata
+holds the serialised spaces, ``dataset_id``, ``minari_version``, totals, the env spec and
+our own provenance under the ``"trajebm"`` key. Files are byte-for-byte reproducible: no
+HDF5 timestamps, fixed object order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from trajebm.errors import UsageError
+from trajebm.runinfo import atomic_write_bytes
+
+MAIN_FILE = "main_data.hdf5"
+METADATA_FILE = "metadata.json"
+MINARI_FORMAT_VERSION = "0.5.4"
+FORMAT_NAME = "trajebm-shadowhand"
+DATASET_ID_RE = re.compile(r"^(?:[-_\w][-_\w/]*[-_\w]+/)?[-_\w]+?(?:-v\d+)?$")
+
+
+@dataclass
+class Episode:
+    """One trajectory: T+1 states, T actions and rewards, and the seeds that produced it."""
+
+    id: int
+    seed: int
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    goal: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return len(self.actions)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_group(file: h5py.File, ep: Episode) -> None:
+    group = file.create_group(f"episode_{ep.id}")
+    group.attrs["id"] = ep.id
+    group.attrs["seed"] = ep.seed
+    group.attrs["total_steps"] = ep.length
+    group.attrs["goal"] = ep.goal
+    truncations = np.zeros(ep.length, dtype=bool)
+    truncations[-1] = True
+    for key, value in (
+        ("observations", ep.observations),
+        ("actions", ep.actions),
+        ("rewards", ep.rewards),
+        ("terminations", np.zeros(ep.length, dtype=bool)),
+        ("truncations", truncations),
+    ):
+        group.create_dataset(key, data=value, track_times=False)
+
+
+def write_episodes(path: Path, episodes: list[Episode]) -> None:
+    """Durably write ``episodes`` to a new HDF5 file at ``path`` (temp name, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with h5py.File(tmp, "w", track_order=True) as file:
+        for ep in episodes:
+            _write_group(file, ep)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def read_episodes(path: Path) -> list[Episode]:
+    """All episodes stored in one HDF5 file, in id order."""
+    with h5py.File(path, "r") as file:
+        episodes = [
+            Episode(
+                id=int(g.attrs["id"]), seed=int(g.attrs["seed"]),
+                observations=g["observations"][()], actions=g["actions"][()],
+                rewards=g["rewards"][()], goal=np.asarray(g.attrs["goal"]),
+            )
+            for g in file.values()
+        ]
+    return sorted(episodes, key=lambda ep: ep.id)
+
+
+def merge_episode_files(parts: list[Path], out: Path) -> None:
+    """Concatenate the episodes of ``parts`` (already in id order) into a new file ``out``."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    with h5py.File(tmp, "w", track_order=True) as file:
+        for part in parts:
+            for ep in read_episodes(part):
+                _write_group(file, ep)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    _fsync_dir(out.parent)
+
+
+def serialize_box(low: np.ndarray, high: np.ndarray, dtype: str) -> str:
+    """A Box space serialised as minari does (a JSON string)."""
+    return json.dumps(
+        {"type": "Box", "dtype": dtype, "shape": list(np.shape(low)),
+         "low": np.asarray(low).tolist(), "high": np.asarray(high).tolist()}
+    )
+
+
+def default_dataset_id(out: Path) -> str:
+    """The dataset id for ``out``: its path below MINARI_DATASETS_PATH if there, else its name."""
+    root = os.environ.get("MINARI_DATASETS_PATH")
+    name = out.name
+    if root:
+        try:
+            name = out.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    name = re.sub(r"[^-_\w/]", "_", name)
+    if not re.search(r"-v\d+$", name):
+        name += "-v0"
+    return name
+
+
+def write_metadata(data_dir: Path, metadata: dict[str, Any]) -> None:
+    """Atomically write ``metadata.json`` (key order kept, so the bytes are reproducible)."""
+    atomic_write_bytes(data_dir / METADATA_FILE, (json.dumps(metadata, indent=2) + "\n").encode())
+
+
+def read_metadata(root: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The data folder and metadata of a trajebm dataset at ``root`` (DIR or DIR/data)."""
+    root = Path(root)
+    data_dir = root if (root / METADATA_FILE).exists() else root / "data"
+    meta_path = data_dir / METADATA_FILE
+    if not root.exists():
+        raise UsageError(f"{root} does not exist")
+    if not meta_path.is_file() or not (data_dir / MAIN_FILE).is_file():
+        raise UsageError(f"{root} is not a dataset (no data/{METADATA_FILE} and data/{MAIN_FILE})")
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{meta_path} is not valid JSON: {err}") from None
+    if not isinstance(metadata, dict) or metadata.get("trajebm", {}).get("format") != FORMAT_NAME:
+        raise UsageError(f"{root} is not a trajebm Shadow-hand dataset (see `trajebm collect`)")
+    return data_dir, metadata
+
+
+def load_arrays(
+    root: str | os.PathLike,
+) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray]]:
+    """Metadata, per-episode states and per-episode actions of a dataset, checked for sanity."""
+    data_dir, metadata = read_metadata(root)
+    dim = metadata["trajebm"]["state_dim"]
+    action_dim = metadata["trajebm"]["action_dim"]
+    states, actions = [], []
+    try:
+        with h5py.File(data_dir / MAIN_FILE, "r") as file:
+            for i in range(metadata["total_episodes"]):
+                group = file.get(f"episode_{i}")
+                if group is None:
+                    raise UsageError(f"{root}: episode_{i} is missing from {MAIN_FILE}")
+                obs, act = group["observations"][()], group["actions"][()]
+                if obs.ndim != 2 or obs.shape[1] != dim or act.shape != (len(obs) - 1, action_dim):
+                    raise UsageError(
+                        f"{root}: episode_{i} has observations {obs.shape} and actions "
+                        f"{act.shape}; expected (T+1, {dim}) and (T, {action_dim})"
+                    )
+                if not (np.all(np.isfinite(obs)) and np.all(np.isfinite(act))):
+                    raise UsageError(f"{root}: episode_{i} contains NaN or inf values")
+                states.append(obs)
+                actions.append(act)
+    except (OSError, KeyError) as err:
+        raise UsageError(f"{root}: cannot read {MAIN_FILE}: {err}") from None
+    return metadata, states, actions

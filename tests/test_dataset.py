@@ -1,0 +1,164 @@
+"""TrajectoryDataset windows/splits/statistics, `trajebm dataset info|render`, bad datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+from _hand_fixtures import TINY, tiny_dataset
+
+from trajebm.cli import run_command
+from trajebm.data import TrajectoryDataset, dataset_info, render_episode
+from trajebm.data import cli as data_cli
+from trajebm.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return tiny_dataset(tmp_path_factory.getbasetemp())
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="trajebm")
+    data_cli.add_parser(parser.add_subparsers(dest="command", required=True))
+    status = run_command(parser, argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_windows_match_a_naive_loop(tiny):
+    ds = TrajectoryDataset(tiny, context=4)
+    states, actions = ds.trajectories("train")
+    expected = [
+        (states[e, t - 3 : t + 1], actions[e, t], states[e, t + 1])
+        for e in range(len(states)) for t in range(3, TINY.length)
+    ]
+    windows = ds.windows("train")
+    assert len(windows.context) == len(expected) == len(ds.split_ids["train"]) * (TINY.length - 3)
+    for got, want in zip(windows, zip(*expected, strict=True), strict=True):
+        np.testing.assert_array_equal(got, np.stack(want))
+
+
+def test_split_is_by_trajectory_deterministic_and_90_10(tiny):
+    a = TrajectoryDataset(tiny, seed=0)
+    b = TrajectoryDataset(tiny, seed=0)
+    c = TrajectoryDataset(tiny, seed=1)
+    train, test = a.split_ids["train"], a.split_ids["test"]
+    assert len(train) == 9 and len(test) == 1
+    assert set(train).isdisjoint(test) and set(train) | set(test) == set(range(TINY.episodes))
+    np.testing.assert_array_equal(b.split_ids["test"], test)
+    assert any(not np.array_equal(TrajectoryDataset(tiny, seed=s).split_ids["test"], test)
+               for s in range(1, 5))
+    assert c.trajectories("test")[0].shape == (1, TINY.length + 1, 31)
+
+
+def test_normalisation_uses_the_training_split_only(tiny):
+    ds = TrajectoryDataset(tiny, test_fraction=0.3, seed=2)
+    train_states, _ = ds.trajectories("train")
+    all_states, _ = ds.trajectories("all")
+    np.testing.assert_allclose(ds.state_stats.mean, train_states.reshape(-1, 31).mean(0))
+    assert not np.allclose(ds.state_stats.mean, all_states.reshape(-1, 31).mean(0))
+    z = ds.windows("train", normalized=True)
+    raw = ds.windows("train")
+    np.testing.assert_allclose(ds.state_stats.denormalize(z.next_state), raw.next_state)
+    zs = ds.trajectories("train", normalized=True)[0].reshape(-1, 31)
+    np.testing.assert_allclose(zs.mean(0), 0, atol=1e-9)
+    assert np.all(ds.state_stats.std > 0)
+
+
+def test_windows_longer_than_episodes_are_refused(tiny):
+    with pytest.raises(UsageError, match="needs at least"):
+        TrajectoryDataset(tiny, context=TINY.length + 1)
+    with pytest.raises(UsageError, match="split"):
+        TrajectoryDataset(tiny).windows("validation")
+
+
+def test_dataset_info_cli(tiny, capsys):
+    info = dataset_info(tiny)
+    assert info["episodes"] == TINY.episodes and info["steps"] == TINY.episodes * TINY.length
+    assert info["state_dim"] == 31 and info["action_dim"] == 20
+    status, out, _ = run_cli(["dataset", "info", str(tiny)], capsys)
+    assert status == 0
+    for needle in ("episodes:      10", "scripted", "mujoco=", "gymnasium-robotics=", "31"):
+        assert needle in out
+
+
+def test_render_png_strip_and_video(tiny, tmp_path, capsys):
+    strip = render_episode(tiny, 2, tmp_path / "strip.png", width=48, height=40)
+    image = imageio.imread(strip)
+    assert image.shape[:2] == (40, 48 * 8) and image.std() > 1
+    status, _, _ = run_cli(["dataset", "render", str(tiny), "--episode", "1", "--out",
+                            str(tmp_path / "ep.gif"), "--width", "32", "--height", "32"], capsys)
+    assert status == 0 and len(imageio.mimread(tmp_path / "ep.gif")) == TINY.length + 1
+    render_episode(tiny, 0, tmp_path / "ep.mp4", width=32, height=32, every=3)
+    assert (tmp_path / "ep.mp4").stat().st_size > 0
+
+
+def corrupt_copy(tiny: Path, tmp_path: Path, edit) -> Path:
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny, bad)
+    with h5py.File(bad / "data/main_data.hdf5", "a") as f:
+        edit(f)
+    return bad
+
+
+def _wrong_shape(f):
+    del f["episode_1/observations"]
+    f["episode_1/observations"] = np.zeros((TINY.length + 1, 30))
+
+
+def _nan_state(f):
+    f["episode_2/observations"][5, 3] = np.nan
+
+
+def _missing_episode(f):
+    del f["episode_4"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [(_wrong_shape, "expected (T+1, 31)"), (_nan_state, "NaN or inf"),
+     (_missing_episode, "episode_4 is missing")],
+)
+def test_bad_datasets_exit_2_with_one_line(tiny, tmp_path, capsys, edit, message):
+    bad = corrupt_copy(tiny, tmp_path, edit)
+    status, _, err = run_cli(["dataset", "info", str(bad)], capsys)
+    assert status == 2 and message in err and err.count("\n") == 1
+    with pytest.raises(UsageError, match="episode"):
+        TrajectoryDataset(bad)
+
+
+def test_not_a_dataset_exit_2(tiny, tmp_path, capsys):
+    status, _, err = run_cli(["dataset", "info", str(tmp_path / "missing")], capsys)
+    assert status == 2 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    status, _, err = run_cli(["dataset", "info", str(tmp_path / "empty")], capsys)
+    assert status == 2 and "is not a dataset" in err
+    other = tmp_path / "other"
+    shutil.copytree(tiny, other)
+    meta = json.loads((other / "data/metadata.json").read_text())
+    del meta["trajebm"]
+    (other / "data/metadata.json").write_text(json.dumps(meta))
+    status, _, err = run_cli(["dataset", "info", str(other)], capsys)
+    assert status == 2 and "not a trajebm" in err
+    (other / "data/metadata.json").write_text("{not json")
+    status, _, err = run_cli(["dataset", "info", str(other)], capsys)
+    assert status == 2 and "not valid JSON" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--episode", "99", "--out", "x.png"], "out of range"),
+     (["--out", "x.avi"], ".mp4, .gif or .png"),
+     (["--every", "0", "--out", "x.gif"], "positive")],
+)
+def test_bad_render_arguments_exit_2(tiny, tmp_path, capsys, args, message):
+    args = [a if a not in ("x.png", "x.avi", "x.gif") else str(tmp_path / a) for a in args]
+    status, _, err = run_cli(["dataset", "render", str(tiny), *args], capsys)
+    assert status == 2 and message in err and err.count("\n") == 1

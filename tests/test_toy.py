@@ -1,0 +1,85 @@
+"""The toy job: every density, mode coverage with defaults, the CLI on good and bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from trajebm.cli import main
+from trajebm.toy import DENSITIES, ToyConfig, fit_toy, mode_coverage, sample_density
+
+
+@pytest.mark.parametrize("name", sorted(DENSITIES))
+def test_densities_are_finite_2d_and_seeded(name):
+    x = sample_density(name, 500, seed=1)
+    assert x.shape == (500, 2) and x.dtype == np.float32 and np.isfinite(x).all()
+    assert np.array_equal(x, sample_density(name, 500, seed=1))
+    assert not np.array_equal(x, sample_density(name, 500, seed=2))
+
+
+def test_mode_coverage_flags_a_collapsed_sampler():
+    data = sample_density("8gaussians", 4000)
+    assert mode_coverage(data)["all_modes_covered"]
+    collapsed = data[np.linalg.norm(data - data[0], axis=1) < 1.0]
+    assert not mode_coverage(collapsed)["all_modes_covered"]
+
+
+def test_default_settings_cover_every_mode_of_8gaussians(tmp_path):
+    data = sample_density("8gaussians", 24000, seed=0)
+    result = fit_toy(data[4000:], data[:4000], tmp_path, ToyConfig())
+    modes = mode_coverage(result.samples)
+    assert len(result.samples) >= 2000
+    assert all(0.05 <= w <= 0.20 for w in modes["mode_weights"]), modes
+    assert modes["outlier_fraction"] < 0.10, modes
+    assert result.metrics["energy_distance"] < result.metrics["energy_distance_gaussian_fit"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "trajebm.cli", *args], capture_output=True,
+                          text=True)
+
+
+def test_cli_fits_an_nxd_array_in_original_units(tmp_path):
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((600, 3)) * [1.0, 10.0, 0.1] + [0.0, 100.0, -5.0])
+    np.save(tmp_path / "x.npy", data.astype(np.float32))
+    out = tmp_path / "run"
+    code = main(["toy", "--data", str(tmp_path / "x.npy"), "--out", str(out), "--steps", "150",
+                 "--no-progress"])
+    assert code == 0
+    samples = np.load(out / "samples.npy")
+    assert samples.shape[1] == 3 and len(samples) >= 2000
+    assert np.allclose(samples.mean(0), [0.0, 100.0, -5.0], atol=[1.0, 10.0, 0.1])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"energy_distance", "energy_distance_gaussian_fit"} <= set(metrics)
+    run = json.loads((out / "run.json").read_text())
+    assert run["seed"] == 0 and run["versions"]["torch"] and "config" in run
+    assert (out / "toy.png").stat().st_size > 0 and (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (None, "no such file"),
+    (lambda p: np.save(p, np.array(["a", "b"] * 100)), "expected a float array"),
+    (lambda p: np.save(p, np.zeros((200, 2, 2))), "expected an N×D array"),
+    (lambda p: np.save(p, np.vstack([np.zeros((199, 2)), [[np.nan, 0.0]]])), "NaN or inf"),
+    (lambda p: np.save(p, np.zeros((50, 2))), "at least 100 rows"),
+    (lambda p: p.write_text("not numpy"), "not a readable .npy"),
+])
+def test_cli_rejects_bad_input_with_one_line_and_status_2(tmp_path, make, message):
+    path = tmp_path / "x.npy"
+    if make is not None:
+        make(path)
+    result = run_cli("toy", "--data", str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_to_overwrite_a_nonempty_output(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    result = run_cli("toy", "--density", "moons", "--out", str(tmp_path))
+    assert result.returncode == 2 and "--overwrite" in result.stderr
+    assert (tmp_path / "keep.txt").read_text() == "precious"

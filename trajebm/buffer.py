@@ -1,0 +1,142 @@
+"""The replay buffer of persistent Langevin chains, shared by trajectory and image models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+NoiseInit = Callable[[int, "Tensor | None", torch.Generator], Tensor]
+"""``init(n, cond, generator) -> (n, *sample_shape)``: fresh chain starts (cond may be None)."""
+
+
+def uniform_init(low: float = 0.0, high: float = 1.0, shape: tuple[int, ...] = ()) -> NoiseInit:
+    """Fresh starts drawn from U(low, high) with the given sample shape (images: U(0, 1))."""
+
+    def init(n: int, cond: Tensor | None, generator: torch.Generator) -> Tensor:
+        return low + (high - low) * torch.rand((n, *shape), generator=generator)
+
+    return init
+
+
+@dataclass
+class BufferSample:
+    """Chain starts: samples, their conditions (None if unconditional) and which were replayed."""
+
+    x: Tensor
+    cond: Tensor | None
+    replayed: Tensor
+
+
+class ReplayBuffer:
+    """A ring buffer of past negative samples (and their conditions) for persistent chains.
+
+    With ``dtype=torch.uint8`` samples in [0, 1] are stored as 8-bit bins ``floor(256 x)`` and
+    de-quantised as ``(bin + U(0, 1)) / 256`` when read, as in the paper's image code. Starts
+    are drawn from the buffer with probability ``replay_prob`` per row once it holds more than
+    a batch; the rest come from ``init``. All randomness uses the buffer's own generator, saved
+    in its state.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        sample_shape: tuple[int, ...],
+        init: NoiseInit,
+        *,
+        cond_shape: tuple[int, ...] | None = None,
+        cond_dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype = torch.float32,
+        replay_prob: float = 0.95,
+        seed: int = 0,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if not 0.0 <= replay_prob <= 1.0:
+            raise ValueError(f"replay_prob must be in [0, 1], got {replay_prob}")
+        if dtype not in (torch.float32, torch.float64, torch.uint8):
+            raise ValueError(f"dtype must be float32, float64 or uint8, got {dtype}")
+        self.capacity, self.init, self.replay_prob = capacity, init, replay_prob
+        self.sample_shape = tuple(sample_shape)
+        self.data = torch.zeros((capacity, *self.sample_shape), dtype=dtype)
+        self.cond = (
+            None if cond_shape is None else torch.zeros((capacity, *cond_shape), dtype=cond_dtype)
+        )
+        self.size = 0
+        self.pos = 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _encode(self, x: Tensor) -> Tensor:
+        if self.data.dtype == torch.uint8:
+            return (x.detach() * 256).floor().clamp(0, 255).to(torch.uint8).cpu()
+        return x.detach().to(device="cpu", dtype=self.data.dtype)
+
+    def _decode(self, stored: Tensor) -> Tensor:
+        if self.data.dtype == torch.uint8:
+            u = torch.rand(stored.shape, generator=self.generator)
+            return (stored.float() + u) / 256.0
+        return stored.float()
+
+    def push(self, x: Tensor, cond: Tensor | None = None) -> None:
+        """Add a batch of samples (and their conditions), overwriting the oldest when full."""
+        if tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(
+                f"samples must have shape (N, *{self.sample_shape}), got {tuple(x.shape)}")
+        if (cond is None) != (self.cond is None):
+            raise ValueError("pass cond exactly when the buffer was built with cond_shape")
+        x = x[-self.capacity:]
+        n = x.shape[0]
+        idx = (self.pos + torch.arange(n)) % self.capacity
+        self.data[idx] = self._encode(x)
+        if self.cond is not None:
+            self.cond[idx] = cond[-self.capacity:].detach().to("cpu", self.cond.dtype)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, n: int, cond: Tensor | None = None) -> BufferSample:
+        """``n`` chain starts: replayed rows carry their stored condition, fresh rows ``cond``'s."""
+        fresh = self.init(n, cond.cpu() if cond is not None else None, self.generator).float()
+        out_cond = None if cond is None else cond.detach().cpu().clone()
+        if self.size <= n or self.replay_prob == 0.0:
+            return BufferSample(fresh, out_cond, torch.zeros(n, dtype=torch.bool))
+        replayed = torch.rand(n, generator=self.generator) < self.replay_prob
+        idx = torch.randint(self.size, (int(replayed.sum()),), generator=self.generator)
+        fresh[replayed] = self._decode(self.data[idx])
+        if self.cond is not None:
+            if out_cond is None:
+                out_cond = torch.zeros((n, *self.cond.shape[1:]), dtype=self.cond.dtype)
+            out_cond[replayed] = self.cond[idx]
+        return BufferSample(fresh, out_cond, replayed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "data": self.data[: self.size].clone(),
+            "cond": None if self.cond is None else self.cond[: self.size].clone(),
+            "size": self.size,
+            "pos": self.pos,
+            "capacity": self.capacity,
+            "replay_prob": self.replay_prob,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        shape = tuple(state["data"].shape[1:])
+        if state["capacity"] != self.capacity or shape != self.sample_shape:
+            raise ValueError("buffer state does not match this buffer's capacity or sample shape")
+        if state["data"].dtype != self.data.dtype:
+            raise ValueError(
+                f"buffer state has dtype {state['data'].dtype}, expected {self.data.dtype}")
+        if (state["cond"] is None) != (self.cond is None):
+            raise ValueError("buffer state and this buffer disagree on storing conditions")
+        self.size, self.pos = int(state["size"]), int(state["pos"])
+        self.replay_prob = float(state["replay_prob"])
+        self.data[: self.size] = state["data"]
+        if self.cond is not None:
+            self.cond[: self.size] = state["cond"]
+        self.generator.set_state(state["generator"])

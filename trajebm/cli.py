@@ -1,0 +1,52 @@
+"""`trajebm` console script: a thin argparse layer over the library's public functions.
+
+Each subcommand lives beside the code it drives and exposes ``add_parser(subparsers)``,
+which registers the subcommand and sets ``func(args) -> int | None`` as its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from trajebm.errors import UsageError
+
+SUBCOMMAND_MODULES = (
+    "trajebm.toy",
+    "trajebm.data.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `trajebm` parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="trajebm",
+        description="Energy-based models trained by Langevin dynamics (trajectories, toys).",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv``, run the chosen command, and map :class:`UsageError` to exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Distances between sample sets: the project's one Fréchet distance, and the energy distance."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import torch
+
+
+def gaussian_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (rows are samples) of a Gaussian fitted to ``x``."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"need an (N >= 2, D) array, got shape {x.shape}")
+    return x.mean(0), np.atleast_2d(np.cov(x, rowvar=False))
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
+    """‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) between two Gaussians (FID's formula)."""
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    sigma1 = np.atleast_2d(sigma1).astype(np.float64)
+    sigma2 = np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError("the two Gaussians must have the same dimension")
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        eps = 1e-6 * np.eye(len(mu1))
+        covmean = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
+    trace = np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean.real)
+    return float(np.sum((mu1 - mu2) ** 2) + trace)
+
+
+def frechet_distance_samples(x: np.ndarray, y: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two sample sets."""
+    return frechet_distance(*gaussian_stats(x), *gaussian_stats(y))
+
+
+def energy_distance(x: np.ndarray, y: np.ndarray, max_points: int = 4000, seed: int = 0) -> float:
+    """Energy distance 2E|X−Y| − E|X−X'| − E|Y−Y'| (0 iff same law); subsamples large sets."""
+    rng = np.random.default_rng(seed)
+    x, y = (torch.as_tensor(a[rng.permutation(len(a))[:max_points]], dtype=torch.float64)
+            for a in (np.asarray(x), np.asarray(y)))
+    if x.dim() == 1:
+        x, y = x[:, None], y[:, None]
+    xy = torch.cdist(x, y).mean()
+    xx = torch.cdist(x, x).sum() / (len(x) * (len(x) - 1))
+    yy = torch.cdist(y, y).sum() / (len(y) * (len(y) - 1))
+    return float(2 * xy - xx - yy)

@@ -1,0 +1,110 @@
+"""What every run records beside its outputs: config, seeds, package versions, git commit."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+TRACKED_PACKAGES = (
+    "trajebm", "torch", "numpy", "scipy", "h5py", "gymnasium", "gymnasium-robotics", "mujoco",
+)
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    """Installed version of each named distribution (None when absent)."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit(path: str | os.PathLike = ".") -> str | None:
+    """The commit of the repository holding this package (with '+dirty' if modified), else None."""
+    here = Path(__file__).resolve().parent
+    for cwd in (here, Path(path)):
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=cwd, capture_output=True, text=True, check=True,
+            ).stdout.strip()
+            return commit + ("+dirty" if dirty else "")
+        except (OSError, subprocess.CalledProcessError):
+            continue
+    return None
+
+
+def jsonable(obj: Any) -> Any:
+    """Turn dataclasses, paths, tuples and numpy scalars into plain JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    return obj
+
+
+def run_info(config: Any, seed: int | None = None, **extra: Any) -> dict[str, Any]:
+    """The provenance record of a run: its config, seed, versions, commit, command line, time."""
+    return {
+        "config": jsonable(config),
+        "seed": seed,
+        "versions": package_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "argv": sys.argv,
+        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **jsonable(extra),
+    }
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file and rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2) + "\n").encode())
+
+
+def write_run_info(out_dir: str | os.PathLike, config: Any, seed: int | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """Write ``run.json`` (see :func:`run_info`) into ``out_dir`` and return the record."""
+    info = run_info(config, seed, **extra)
+    write_json(Path(out_dir) / "run.json", info)
+    return info

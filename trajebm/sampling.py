@@ -1,0 +1,218 @@
+"""MCMC samplers for energy-based models: Langevin dynamics and Hamiltonian Monte Carlo.
+
+An energy is any callable ``E(x, cond) -> (B,)`` (a model, a lambda, ...). Passing a sequence
+of energies samples their sum, i.e. the product of the experts' densities.
+
+Two Langevin conventions are offered (PAPER.md §1):
+
+* ``"paper"`` (the released code of Du & Mordatch): ``x <- x + sigma*eps``, then
+  ``x <- x - lambda * clip(grad E(x))``. Step size and noise are decoupled.
+* ``"textbook"``: ``x <- x - (eta/2) grad E(x) + sqrt(eta) * eps``, which samples
+  ``exp(-E / T)`` with ``T = temperature`` as ``eta -> 0``.
+
+A paper-convention chain with step ``lambda`` and noise ``sigma`` is the textbook chain with
+``eta = 2*lambda`` at temperature ``sigma**2 / (2*lambda)``; see :func:`paper_to_textbook`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+EnergyFn = Callable[[Tensor, "Tensor | None"], Tensor]
+Energies = EnergyFn | Sequence[EnergyFn]
+
+
+@dataclass(frozen=True)
+class LangevinConfig:
+    """Settings of a Langevin chain; defaults are the paper's CIFAR-10 ones."""
+
+    steps: int = 60
+    step_size: float = 10.0
+    noise: float = 0.005
+    convention: Literal["paper", "textbook"] = "paper"
+    temperature: float = 1.0
+    grad_clip: float | None = 0.01
+    clip_mode: Literal["value", "norm"] = "value"
+    bounds: tuple[float, float] | None = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.step_size <= 0 or self.temperature <= 0:
+            raise ValueError("step_size and temperature must be positive")
+        if self.noise < 0:
+            raise ValueError(f"noise must be >= 0, got {self.noise}")
+        if self.convention not in ("paper", "textbook"):
+            raise ValueError(f"convention must be 'paper' or 'textbook', got {self.convention!r}")
+        if self.clip_mode not in ("value", "norm"):
+            raise ValueError(f"clip_mode must be 'value' or 'norm', got {self.clip_mode!r}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        if self.bounds is not None and not self.bounds[0] < self.bounds[1]:
+            raise ValueError(f"bounds must be (low, high) with low < high, got {self.bounds}")
+
+
+def paper_to_textbook(step_size: float, noise: float) -> tuple[float, float]:
+    """Paper-convention (lambda, sigma) -> equivalent textbook (eta, temperature)."""
+    return 2.0 * step_size, noise**2 / (2.0 * step_size)
+
+
+def textbook_to_paper(eta: float, temperature: float = 1.0) -> tuple[float, float]:
+    """Textbook (eta, temperature) -> equivalent paper-convention (lambda, sigma)."""
+    return eta / 2.0, math.sqrt(eta * temperature)
+
+
+def total_energy(energy: Energies) -> EnergyFn:
+    """One callable for a single energy or the sum of several (a product of experts)."""
+    if callable(energy):
+        return energy
+    experts = tuple(energy)
+    if not experts:
+        raise ValueError("need at least one energy function")
+
+    def summed(x: Tensor, cond: Tensor | None = None) -> Tensor:
+        return sum(e(x, cond) for e in experts)
+
+    return summed
+
+
+def energy_grad(energy: EnergyFn, x: Tensor, cond: Tensor | None,
+                create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """Energies ``(B,)`` at ``x`` and their gradient with respect to ``x``."""
+    with torch.enable_grad():
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+        e = energy(x, cond)
+        if e.shape != x.shape[:1]:
+            raise ValueError(f"energy must return shape ({x.shape[0]},), got {tuple(e.shape)}")
+        (g,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)
+    return e, g
+
+
+def _tempered(fn: EnergyFn, temperature: float) -> EnergyFn:
+    if temperature == 1.0:
+        return fn
+    return lambda x, cond=None: fn(x, cond) / temperature
+
+
+def _clip(g: Tensor, clip: float | None, mode: str) -> Tensor:
+    if clip is None:
+        return g
+    if mode == "value":
+        return g.clamp(-clip, clip)
+    norm = g.flatten(1).norm(dim=1).clamp_min(1e-12)
+    scale = (clip / norm).clamp(max=1.0)
+    return g * scale.view(-1, *([1] * (g.dim() - 1)))
+
+
+def langevin(
+    energy: Energies,
+    x: Tensor,
+    cond: Tensor | None = None,
+    config: LangevinConfig | None = None,
+    *,
+    mask: Tensor | None = None,
+    return_chain: bool = False,
+    keep_last_graph: bool = False,
+    **overrides,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Run a Langevin chain from ``x`` and return the final samples (detached).
+
+    ``overrides`` replace fields of ``config`` (e.g. ``steps=20``). ``mask`` (broadcastable to
+    ``x``; 1 = update, 0 = keep) freezes elements, as in inpainting. ``return_chain`` also
+    returns every state, shape ``(steps + 1, *x.shape)``. ``keep_last_graph`` keeps the autograd
+    graph of the final step so a loss on the result reaches the energy's parameters (the KL
+    term of improved contrastive divergence).
+    """
+    cfg = replace(config or LangevinConfig(), **overrides)
+    fn = _tempered(total_energy(energy), cfg.temperature)
+    paper = cfg.convention == "paper"
+    drift = cfg.step_size if paper else cfg.step_size / 2.0
+    noise = cfg.noise if paper else math.sqrt(cfg.step_size)
+    if mask is not None:
+        mask = mask.to(dtype=x.dtype, device=x.device)
+    x = x.detach()
+    chain = [x] if return_chain else None
+    for i in range(cfg.steps):
+        last = keep_last_graph and i == cfg.steps - 1
+        if paper and noise > 0:
+            eps = torch.randn_like(x) * noise
+            x = x + (eps if mask is None else eps * mask)
+        _, g = energy_grad(fn, x, cond, create_graph=last)
+        step = drift * _clip(g, cfg.grad_clip, cfg.clip_mode)
+        if not paper:
+            step = step - noise * torch.randn_like(x)
+        x = x - (step if mask is None else step * mask)
+        if cfg.bounds is not None:
+            x = x.clamp(*cfg.bounds)
+        if not last:
+            x = x.detach()
+        if chain is not None:
+            chain.append(x.detach())
+    if return_chain:
+        return x, torch.stack(chain)
+    return x
+
+
+@dataclass
+class HMCResult:
+    """Final samples of an HMC run, the mean acceptance rate and (optionally) the chain."""
+
+    samples: Tensor
+    acceptance_rate: float
+    chain: Tensor | None = None
+
+
+def hmc(
+    energy: Energies,
+    x: Tensor,
+    cond: Tensor | None = None,
+    *,
+    steps: int = 100,
+    leapfrog_steps: int = 10,
+    step_size: float = 0.1,
+    temperature: float = 1.0,
+    return_chain: bool = False,
+) -> HMCResult:
+    """Hamiltonian Monte Carlo with unit mass, leapfrog integration and a Metropolis correction.
+
+    Each chain (row of ``x``) accepts or rejects independently; targets ``exp(-E / T)``.
+    """
+    if steps < 0 or leapfrog_steps < 1 or step_size <= 0 or temperature <= 0:
+        raise ValueError("need steps >= 0, leapfrog_steps >= 1, step_size > 0, temperature > 0")
+    fn = _tempered(total_energy(energy), temperature)
+
+    def kinetic(p: Tensor) -> Tensor:
+        return 0.5 * p.flatten(1).pow(2).sum(1)
+
+    x = x.detach()
+    e_x, g_x = energy_grad(fn, x, cond)
+    accepted = torch.zeros((), device=x.device)
+    chain = [x] if return_chain else None
+    for _ in range(steps):
+        p0 = torch.randn_like(x)
+        q, g = x, g_x
+        p = p0 - 0.5 * step_size * g
+        for k in range(leapfrog_steps):
+            q = q + step_size * p
+            e_q, g = energy_grad(fn, q, cond)
+            if k < leapfrog_steps - 1:
+                p = p - step_size * g
+        p = p - 0.5 * step_size * g
+        log_ratio = (e_x + kinetic(p0)) - (e_q + kinetic(p))
+        accept = torch.rand_like(log_ratio).log() < log_ratio
+        view = (-1,) + (1,) * (x.dim() - 1)
+        x = torch.where(accept.view(view), q.detach(), x)
+        e_x = torch.where(accept, e_q.detach(), e_x.detach())
+        g_x = torch.where(accept.view(view), g, g_x)
+        accepted = accepted + accept.float().mean()
+        if chain is not None:
+            chain.append(x)
+    rate = float(accepted) / steps if steps else float("nan")
+    return HMCResult(x, rate, torch.stack(chain) if chain is not None else None)

@@ -1,0 +1,334 @@
+"""Toy densities: fit an EBM to a standard 2-D density or any N×D array, end to end.
+
+``trajebm toy --density 8gaussians --out DIR`` trains with the shared trainer, replay buffer and
+Langevin sampler, then writes ``samples.npy``, ``metrics.json``, ``toy.png`` and ``run.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trajebm.buffer import ReplayBuffer, uniform_init
+from trajebm.errors import UsageError
+from trajebm.metrics import energy_distance
+from trajebm.runinfo import write_json, write_run_info
+from trajebm.sampling import LangevinConfig, langevin
+from trajebm.train import TensorBatches, TrainConfig, Trainer
+
+EIGHT_GAUSSIANS_RADIUS = 2.0 * np.sqrt(2.0)
+EIGHT_GAUSSIANS_STD = 0.5 / np.sqrt(2.0)
+
+
+def eight_gaussians_centers() -> np.ndarray:
+    """The 8 mode centres of ``8gaussians`` (on a circle of radius 2√2)."""
+    angles = np.arange(8) * np.pi / 4
+    return EIGHT_GAUSSIANS_RADIUS * np.stack([np.cos(angles), np.sin(angles)], 1)
+
+
+def _eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
+    centers = eight_gaussians_centers()[rng.integers(8, size=n)]
+    return centers + EIGHT_GAUSSIANS_STD * rng.standard_normal((n, 2))
+
+
+def _two_spirals(n: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.sqrt(rng.random(n)) * 3 * np.pi
+    arm = np.where(rng.random(n) < 0.5, 1.0, -1.0)[:, None]
+    x = arm * np.stack([-np.cos(t) * t, np.sin(t) * t], 1) / 3
+    return x + 0.1 * rng.standard_normal((n, 2))
+
+
+def _checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
+    x1 = rng.random(n) * 4 - 2
+    x2 = rng.random(n) - rng.integers(0, 2, n) * 2 + np.floor(x1) % 2
+    return np.stack([x1, x2], 1) * 2
+
+
+def _rings(n: int, rng: np.random.Generator) -> np.ndarray:
+    radius = rng.integers(1, 5, n).astype(float)
+    angle = rng.random(n) * 2 * np.pi
+    x = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1) * 0.9
+    return x + 0.08 * rng.standard_normal((n, 2))
+
+
+def _moons(n: int, rng: np.random.Generator) -> np.ndarray:
+    t = rng.random(n) * np.pi
+    upper = rng.random(n) < 0.5
+    x = np.where(upper[:, None], np.stack([np.cos(t), np.sin(t)], 1),
+                 np.stack([1 - np.cos(t), 0.5 - np.sin(t)], 1))
+    return (x - [0.5, 0.25]) * 2 + 0.1 * rng.standard_normal((n, 2))
+
+
+def _pinwheel(n: int, rng: np.random.Generator, arms: int = 5) -> np.ndarray:
+    label = rng.integers(arms, size=n)
+    feats = rng.standard_normal((n, 2)) * [0.3, 0.05] + [1.0, 0.0]
+    angle = 2 * np.pi * label / arms + 0.25 * np.exp(feats[:, 0])
+    c, s = np.cos(angle), np.sin(angle)
+    return 2 * np.stack([c * feats[:, 0] - s * feats[:, 1], s * feats[:, 0] + c * feats[:, 1]], 1)
+
+
+def _swissroll(n: int, rng: np.random.Generator) -> np.ndarray:
+    t = 1.5 * np.pi * (1 + 2 * rng.random(n))
+    x = np.stack([t * np.cos(t), t * np.sin(t)], 1) / 3
+    return x + 0.15 * rng.standard_normal((n, 2))
+
+
+DENSITIES: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
+    "8gaussians": _eight_gaussians,
+    "2spirals": _two_spirals,
+    "checkerboard": _checkerboard,
+    "rings": _rings,
+    "moons": _moons,
+    "pinwheel": _pinwheel,
+    "swissroll": _swissroll,
+}
+
+
+def sample_density(name: str, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` float32 points from the named 2-D toy density."""
+    if name not in DENSITIES:
+        raise UsageError(f"unknown density {name!r}; choose from {', '.join(DENSITIES)}")
+    return DENSITIES[name](n, np.random.default_rng(seed)).astype(np.float32)
+
+
+class MLPEnergy(nn.Module):
+    """A smooth MLP energy ``E(x) -> (B,)`` (SiLU keeps Langevin gradients well behaved)."""
+
+    def __init__(self, dim: int, hidden: int = 128, layers: int = 3) -> None:
+        super().__init__()
+        widths = [dim] + [hidden] * layers
+        blocks: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            blocks += [nn.Linear(a, b), nn.SiLU()]
+        self.net = nn.Sequential(*blocks, nn.Linear(hidden, 1))
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.net(x).squeeze(-1)
+
+
+@dataclass
+class ToyConfig:
+    """Settings of a toy fit; the defaults finish in under 2 minutes on 2 CPU cores."""
+
+    num_train: int = 20000
+    num_test: int = 4000
+    num_samples: int = 4000
+    sample_steps: int = 200
+    hidden: int = 128
+    batch_size: int = 128
+    buffer_capacity: int = 10000
+    replay_prob: float = 0.95
+    seed: int = 0
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=5000, lr=2e-3, cosine_decay=True, alpha=0.001, checkpoint_every=1000,
+        log_every=50,
+        sampler=LangevinConfig(steps=10, step_size=0.005, convention="textbook",
+                               grad_clip=None, bounds=None)))
+
+
+def validate_array(data: np.ndarray, name: str = "data", min_rows: int = 100) -> np.ndarray:
+    """Check an N×D float array for fitting, returning it as float32 (UsageError otherwise)."""
+    if not np.issubdtype(data.dtype, np.floating) and not np.issubdtype(data.dtype, np.integer):
+        raise UsageError(f"{name}: expected a float array, got dtype {data.dtype}")
+    if data.ndim == 1:
+        data = data[:, None]
+    if data.ndim != 2:
+        raise UsageError(f"{name}: expected an N×D array, got shape {data.shape}")
+    bad = ~np.isfinite(data).all(1)
+    if bad.any():
+        raise UsageError(f"{name}: {int(bad.sum())} rows contain NaN or inf "
+                         f"(first at row {int(np.argmax(bad))})")
+    if len(data) < min_rows:
+        raise UsageError(f"{name}: needs at least {min_rows} rows, got {len(data)}")
+    return data.astype(np.float32)
+
+
+def load_array(path: str | os.PathLike) -> np.ndarray:
+    """Load an N×D float array from a ``.npy`` file, with one-line errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise UsageError(f"{path}: not a readable .npy array ({err})") from None
+    if not isinstance(data, np.ndarray):
+        raise UsageError(f"{path}: expected a single .npy array, got a {type(data).__name__}")
+    return validate_array(data, str(path))
+
+
+def mode_coverage(samples: np.ndarray) -> dict[str, object]:
+    """Per-mode sample fractions for 8gaussians and the fraction further than 3σ from every mode."""
+    d = np.linalg.norm(samples[:, None, :] - eight_gaussians_centers()[None], axis=-1)
+    weights = np.bincount(d.argmin(1), minlength=8) / len(samples)
+    outliers = float((d.min(1) > 3 * EIGHT_GAUSSIANS_STD).mean())
+    return {"mode_weights": weights.round(4).tolist(), "outlier_fraction": outliers,
+            "all_modes_covered": bool((weights >= 0.05).all() and (weights <= 0.20).all()),
+            "outliers_below_10pct": outliers < 0.10}
+
+
+@dataclass
+class ToyResult:
+    """Samples in the data's units, the trained energy and the standardisation used."""
+
+    samples: np.ndarray
+    model: MLPEnergy
+    mean: np.ndarray
+    std: np.ndarray
+    metrics: dict
+
+
+def fit_toy(train: np.ndarray, test: np.ndarray, out_dir: str | os.PathLike,
+            config: ToyConfig | None = None) -> ToyResult:
+    """Fit an EBM to ``train`` (N×D), draw Langevin samples, score them against ``test``.
+
+    Data are standardised per dimension; samples come back in the original units.
+    """
+    cfg = config or ToyConfig()
+    out = Path(out_dir)
+    mean, std = train.mean(0), train.std(0) + 1e-8
+    z = torch.as_tensor((train - mean) / std, dtype=torch.float32)
+    dim = z.shape[1]
+    low, high = float(z.min()) - 0.5, float(z.max()) + 0.5
+    torch.manual_seed(cfg.seed)
+    model = MLPEnergy(dim, cfg.hidden)
+    init = uniform_init(low, high, (dim,))
+    buffer = ReplayBuffer(cfg.buffer_capacity, (dim,), init, replay_prob=cfg.replay_prob,
+                          seed=cfg.seed)
+    train_cfg = replace(cfg.train, seed=cfg.seed)
+    trainer = Trainer(model, TensorBatches(z, batch_size=cfg.batch_size, seed=cfg.seed),
+                      buffer, train_cfg, out)
+    t0 = time.perf_counter()
+    summary = trainer.fit()
+    train_seconds = time.perf_counter() - t0
+    model.eval()
+    pick = torch.randint(len(buffer), (cfg.num_samples,),
+                         generator=torch.Generator().manual_seed(cfg.seed + 1))
+    z_samples = langevin(model, buffer.data[pick].float(), None, cfg.train.sampler,
+                         steps=cfg.sample_steps)
+    samples = (z_samples.numpy() * std + mean).astype(np.float32)
+    rng = np.random.default_rng(cfg.seed)
+    gauss = rng.multivariate_normal(mean, np.atleast_2d(np.cov(train, rowvar=False)),
+                                    size=cfg.num_samples)
+    metrics = {
+        "energy_distance": energy_distance(samples, test),
+        "energy_distance_gaussian_fit": energy_distance(gauss, test),
+        "energy_distance_train_vs_test": energy_distance(train[: len(test)], test),
+        "num_samples": len(samples), "train_seconds": round(train_seconds, 2),
+        "train_steps": summary["step"], "rollbacks": summary["rollbacks"],
+        "final_loss": summary.get("loss"),
+    }
+    return ToyResult(samples, model, mean, std, metrics)
+
+
+def plot_toy(result: ToyResult, train: np.ndarray, path: str | os.PathLike) -> None:
+    """Data, samples and (for 2-D) the learned energy landscape side by side, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dim = train.shape[1]
+    if dim != 2:
+        cols = min(dim, 4)
+        fig, axes = plt.subplots(1, cols, figsize=(4 * cols, 3.5), squeeze=False)
+        for d, ax in enumerate(axes[0]):
+            bins = np.histogram_bin_edges(train[:, d], 60)
+            ax.hist(train[:, d], bins, density=True, alpha=0.5, label="data")
+            ax.hist(result.samples[:, d], bins, density=True, alpha=0.5, label="samples")
+            ax.set_title(f"dimension {d}")
+        axes[0][0].legend()
+    else:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+        lo, hi = np.percentile(train, 0.5, 0) - 1, np.percentile(train, 99.5, 0) + 1
+        for ax, pts, title in ((axes[0], train, "data"), (axes[1], result.samples, "samples")):
+            ax.hist2d(pts[:, 0], pts[:, 1], bins=120, range=[[lo[0], hi[0]], [lo[1], hi[1]]],
+                      cmap="magma")
+            ax.set_title(title)
+        gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+        grid = (np.stack([gx.ravel(), gy.ravel()], 1) - result.mean) / result.std
+        with torch.no_grad():
+            e = result.model(torch.as_tensor(grid, dtype=torch.float32)).numpy()
+        neg_e = np.clip(-e, np.percentile(-e, 5), None).reshape(gx.shape)
+        axes[2].imshow(neg_e, origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]),
+                       cmap="magma", aspect="auto")
+        axes[2].set_title("learned −E (log density + const)")
+        for ax in axes:
+            ax.set_xlim(lo[0], hi[0])
+            ax.set_ylim(lo[1], hi[1])
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_toy(out_dir: str | os.PathLike, density: str | None = None,
+            data_path: str | os.PathLike | None = None, config: ToyConfig | None = None,
+            overwrite: bool = False) -> dict:
+    """The `trajebm toy` job: fit, sample, score, plot; returns the metrics written."""
+    cfg = config or ToyConfig()
+    if (density is None) == (data_path is None):
+        raise UsageError("give exactly one of --density NAME or --data FILE.npy")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"{out}: output directory is not empty (use --overwrite)")
+    if density is not None:
+        data = sample_density(density, cfg.num_train + cfg.num_test, cfg.seed)
+    else:
+        data = load_array(data_path)
+    perm = np.random.default_rng(cfg.seed).permutation(len(data))
+    n_test = min(cfg.num_test, max(len(data) // 5, 1))
+    test, train = data[perm[:n_test]], data[perm[n_test:]]
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_info(out, cfg, cfg.seed, density=density,
+                   data=None if data_path is None else os.fspath(data_path))
+    result = fit_toy(train, test, out, cfg)
+    metrics = {"density": density, "data": None if data_path is None else os.fspath(data_path),
+               **result.metrics}
+    if density == "8gaussians":
+        metrics["modes"] = mode_coverage(result.samples)
+    np.save(out / "samples.npy", result.samples)
+    plot_toy(result, train, out / "toy.png")
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("toy", help="fit an EBM to a 2-D toy density or an N×D .npy array",
+                              description=run_toy.__doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--density", choices=sorted(DENSITIES), help="a standard 2-D density")
+    src.add_argument("--data", type=Path, help="an N×D float .npy array (N >= 100)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 5000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty output directory")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = ToyConfig(seed=args.seed)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise UsageError(f"--steps must be positive, got {args.steps}")
+        cfg.train = replace(cfg.train, steps=args.steps)
+    cfg.train = replace(cfg.train, progress=not args.no_progress)
+    metrics = run_toy(args.out, args.density, args.data, cfg, args.overwrite)
+    print(f"energy distance to held-out data: {metrics['energy_distance']:.4f} "
+          f"(Gaussian fit: {metrics['energy_distance_gaussian_fit']:.4f}, "
+          f"train vs test: {metrics['energy_distance_train_vs_test']:.4f})")
+    if "modes" in metrics:
+        print(f"8gaussians mode weights {metrics['modes']['mode_weights']}, "
+              f"outliers {metrics['modes']['outlier_fraction']:.3f}")
+    print(f"wrote {args.out}/samples.npy, metrics.json, toy.png, run.json")
+    return 0

@@ -16,6 +16,10 @@ from trajebm.errors import UsageError
 SUBCOMMAND_MODULES = (
     "trajebm.toy",
     "trajebm.data.cli",
+    "trajebm.fit",
+    "trajebm.rollout",
+    "trajebm.evaluate",
+    "trajebm.demo",
 )
 
 

@@ -1,0 +1,45 @@
+"""A small hand dataset and quickly trained trajectory models shared by the model tests."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from trajebm.data.collection import CollectConfig, collect
+from trajebm.data.policies import PolicyConfig
+from trajebm.fit import FitConfig, fit_model
+from trajebm.models import ModelConfig, TrajectoryModel, load_model, paper_sampler
+
+SMALL = CollectConfig(episodes=24, length=16, policy=PolicyConfig("scripted", random_every=4),
+                      seed=5, chunk_episodes=12)
+
+
+@functools.cache
+def small_dataset(root: Path) -> Path:
+    """Collect :data:`SMALL` once under ``root`` (24 episodes x 16 steps)."""
+    out = root / "small"
+    if not (out / "data" / "metadata.json").is_file():
+        collect(SMALL, out, workers=2, progress=False)
+    return out
+
+
+def tiny_fit(kind: str, steps: int = 30, conditional: bool = True, sampler_steps: int = 20
+             ) -> FitConfig:
+    """A seconds-long training config with a small network."""
+    from dataclasses import replace
+
+    model = ModelConfig(kind=kind, conditional=conditional, hidden=32, layers=2, members=2,
+                        sampler=replace(paper_sampler(), steps=sampler_steps))
+    return FitConfig(model=model, steps=steps, batch_size=64, warmup_steps=5,
+                     checkpoint_every=1000, log_every=10, progress=False)
+
+
+def trained(root: Path, kind: str, conditional: bool = True, steps: int = 30) -> TrajectoryModel:
+    """A model of ``kind`` trained briefly on the small dataset, once per session.
+
+    It is saved in ``root/runs/{kind}[-uncond]-{steps}``.
+    """
+    run = root / "runs" / f"{kind}{'' if conditional else '-uncond'}-{steps}"
+    if (run / "model.pt").exists():
+        return load_model(run)
+    return fit_model(small_dataset(root), run, tiny_fit(kind, steps, conditional))

@@ -1,0 +1,29 @@
+"""`trajebm demo` end to end on a tiny setting (and its resume)."""
+
+from __future__ import annotations
+
+import json
+
+from trajebm.cli import main
+from trajebm.demo import DemoConfig, run_demo
+
+
+def test_demo_end_to_end_tiny(tmp_path, capsys):
+    cfg = DemoConfig(episodes=20, length=12, ebm_steps=4, baseline_steps=6, batch_size=32,
+                     samples=2, workers=2, progress=False)
+    report = run_demo(tmp_path / "demo", cfg)
+    out = tmp_path / "demo" / "report"
+    assert {"README.md", "metrics.json", "fd.png", "coordinates.png", "frames.png",
+            "run.json"} <= {p.name for p in out.iterdir()}
+    text = (out / "README.md").read_text()
+    for name in ("ebm", "ebm-uncond", "fc", "ensemble", "train vs test", "fd@96"):
+        assert name in text
+    assert set(json.loads((out / "metrics.json").read_text())["models"]) == {
+        "ebm", "ebm-uncond", "fc", "ensemble"}
+    assert report["timings"]["total"] > 0 and report["dataset_id"] == "trajebm/hand-demo-v0"
+    status = main(["demo", "--out", str(tmp_path / "demo"), "--episodes", "20", "--length",
+                   "12", "--ebm-steps", "4", "--baseline-steps", "6", "--samples", "2",
+                   "--no-render", "--quiet"])
+    assert status == 0 and "ebm-uncond" in capsys.readouterr().out
+    status = main(["demo", "--out", str(tmp_path / "d2"), "--episodes", "5", "--quiet"])
+    assert status == 2

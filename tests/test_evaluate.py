@@ -1,0 +1,83 @@
+"""Evaluation: FD per step and its floor, physics-consistency error, the report and plots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from _traj_fixtures import small_dataset, trained
+
+from trajebm.cli import main
+from trajebm.data import TrajectoryDataset
+from trajebm.errors import UsageError
+from trajebm.evaluate import (
+    EvalConfig,
+    PhysicsChecker,
+    evaluate,
+    fd_per_step,
+    markdown_table,
+    physics_error,
+)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.getbasetemp()
+
+
+def test_fd_per_step_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(200, 3, 4))
+    pred = truth[:, None] + np.array([0.0, 1.0, 2.0])[None, None, :, None]
+    fd = fd_per_step(pred, truth)
+    np.testing.assert_allclose(fd, [0.0, 4.0, 16.0], atol=1e-6)
+
+
+def test_physics_error_is_small_for_true_transitions(root):
+    ds = TrajectoryDataset(small_dataset(root), context=4)
+    states, actions = ds.trajectories("train")
+    checker = PhysicsChecker(ds.metadata["trajebm"]["env_id"])
+    try:
+        s, a, nxt = states[:4, 1:9], actions[:4, 1:9], states[:4, 2:10]
+        true_err = physics_error(checker, s, a, nxt, ds.state_stats.std)
+        wrong = physics_error(checker, s, a, states[:4, 6:14], ds.state_stats.std)
+        shuffled = physics_error(checker, s, a[::-1], nxt, ds.state_stats.std)
+    finally:
+        checker.close()
+    assert true_err < 0.5 * wrong and true_err < shuffled
+
+
+def test_evaluate_writes_metrics_and_plots(root, tmp_path):
+    data = small_dataset(root)
+    for kind, cond in (("ebm", True), ("fc", True), ("ensemble", True), ("ebm", False)):
+        trained(root, kind, cond)
+    runs = [root / "runs" / n for n in ("ebm-30", "fc-30", "ensemble-30", "ebm-uncond-30")]
+    cfg = EvalConfig(horizon=8, samples=3, physics_episodes=2, physics_every=3, render=False,
+                     progress=False)
+    report = evaluate(data, runs, tmp_path / "rep", cfg)
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["horizon"] == 8 and len(saved["fd_floor"]) == 8
+    assert set(saved["models"]) == {"ebm", "fc", "ensemble", "ebm-uncond"}
+    for name, entry in saved["models"].items():
+        assert len(entry["fd"]) == 8 and len(entry["mse"]) == 8
+        assert np.isfinite(entry["fd"]).all()
+        assert (entry["physics_error"] is None) == (name == "ebm-uncond")
+    assert saved["physics_error_truth"] >= 0
+    assert (tmp_path / "rep" / "fd.png").stat().st_size > 0
+    assert (tmp_path / "rep" / "coordinates.png").stat().st_size > 0
+    table = markdown_table(report["summary"])
+    assert table.count("\n") == 6 and "train vs test" in table
+
+
+def test_evaluate_cli_and_bad_input(root, tmp_path, capsys):
+    data = small_dataset(root)
+    trained(root, "fc")
+    status = main(["evaluate", "--data", str(data), "--models", str(root / "runs" / "fc-30"),
+                   "--out", str(tmp_path / "r"), "--horizon", "4", "--samples", "2",
+                   "--no-render", "--quiet"])
+    assert status == 0 and "fd@10" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="at least one model"):
+        evaluate(data, [], tmp_path / "x")
+    with pytest.raises(UsageError, match="horizon and samples"):
+        evaluate(data, [root / "runs" / "fc-30"], tmp_path / "x", EvalConfig(horizon=0))

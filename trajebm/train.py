@@ -35,7 +35,11 @@ Batch = tuple[Tensor, "Tensor | None"]
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings; defaults follow PAPER.md §1 (images) except where noted."""
+    """Optimisation settings; defaults follow PAPER.md §1 (images).
+
+    ``seed`` (+ the process rank) seeds Python, NumPy and torch when the trainer is built, so
+    initialise the model before building the trainer (ranks > 0 get rank 0's weights anyway).
+    """
 
     steps: int = 1000
     lr: float = 3e-4

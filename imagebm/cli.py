@@ -1,25 +1,36 @@
-"""`imagebm` console script (image experiments; subcommands arrive with the image issue)."""
+"""`imagebm` console script: a thin argparse layer over the image experiments' public functions.
+
+Subcommands: ``train`` (:func:`imagebm.train.train_images`), ``sample``
+(:func:`imagebm.sample.sample_images`), ``score`` (:func:`imagebm.evaluate.score_samples`) and
+``download`` (:func:`imagebm.download.download`). Errors print one line and exit with status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
+from trajebm.cli import run_command
+
+SUBCOMMAND_MODULES = ("imagebm.train", "imagebm.sample", "imagebm.evaluate", "imagebm.download")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    """The full `imagebm` parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
         prog="imagebm",
-        description="Image EBMs of Du & Mordatch (2019), built on trajebm's sampler and trainer. "
-        "No subcommands yet.",
+        description="Image EBMs of Du & Mordatch (2019) on trajebm's sampler and trainer.",
     )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,14 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     report = run_demo(tmp_path / "demo", cfg)
     out = tmp_path / "demo" / "report"
     assert {"README.md", "metrics.json", "fd.png", "coordinates.png", "frames.png",
-            "run.json"} <= {p.name for p in out.iterdir()}
+            "rollouts.mp4", "run.json"} <= {p.name for p in out.iterdir()}
+    assert report["video"] is None
+    import imageio.v3 as iio
+
+    video = iio.imread(out / "rollouts.mp4")
+    assert video.shape[0] == report["horizon"] and video.shape[2] == 5 * video.shape[1]  # 5 panels
     text = (out / "README.md").read_text()
+    assert "rollouts.mp4" in text
     for name in ("ebm", "ebm-uncond", "fc", "ensemble", "train vs test", "fd@96"):
         assert name in text
     assert set(json.loads((out / "metrics.json").read_text())["models"]) == {

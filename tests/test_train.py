@@ -19,6 +19,7 @@ from trajebm.train import (
     TrainingDiverged,
     cd_loss,
     clip_to_adam_bound,
+    snapshot_paths,
 )
 
 SAMPLER = LangevinConfig(steps=5, step_size=0.05, convention="textbook", grad_clip=None,
@@ -95,6 +96,68 @@ def test_resumed_run_equals_unbroken_run_bit_for_bit(tmp_path):
     assert torch.equal(unbroken.buffer.data, resumed.buffer.data)
     with open(tmp_path / "b" / "metrics.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(2, 13, 2))
+
+
+def make_regression(out, steps, model=None, seed=0):
+    """A supervised run on the same trainer: noisy regression y = 2x + dropout noise."""
+    torch.manual_seed(seed)
+    model = model or nn.Sequential(nn.Linear(2, 16), nn.Dropout(0.2), nn.Linear(16, 2))
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(5))
+
+    def loss_fn(y, cond):
+        return (model(cond) - y).pow(2).mean()
+
+    config = TrainConfig(steps=steps, lr=1e-2, adam_clip=False, checkpoint_every=4,
+                         log_every=2, progress=False, seed=seed)
+    return Trainer(model, TensorBatches(2 * x, x, batch_size=32, seed=seed), None, config, out,
+                   loss_fn=loss_fn)
+
+
+def test_supervised_objective_trains_and_resumes_exactly(tmp_path):
+    unbroken = make_regression(tmp_path / "a", steps=40)
+    summary = unbroken.fit()
+    first = make_regression(tmp_path / "b", steps=22)
+    first.fit()
+    resumed = make_regression(tmp_path / "b", steps=40)
+    resumed.fit(resume=True)
+    for a, b in zip(params(unbroken.model), params(resumed.model), strict=True):
+        assert torch.equal(a, b)
+    with open(tmp_path / "a" / "metrics.csv") as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    assert summary["loss"] < 0.5 * losses[0]
+
+
+def test_supervised_objective_rolls_back_on_nan(tmp_path):
+    trainer = make_regression(tmp_path, steps=12)
+    calls = {"n": 0}
+    inner = trainer.loss_fn
+
+    def flaky(y, cond):
+        calls["n"] += 1
+        return inner(y, cond) * (float("nan") if calls["n"] == 7 else 1.0)
+
+    trainer.loss_fn = flaky
+    assert trainer.fit()["rollbacks"] == 1
+    assert "restored step 4" in (tmp_path / "events.log").read_text()
+
+
+def test_trainer_needs_exactly_one_objective(tmp_path):
+    trainer = make_trainer(tmp_path, steps=1)
+    with pytest.raises(ValueError, match="not both"):
+        Trainer(trainer.model, trainer.batches, trainer.buffer, trainer.config, tmp_path,
+                loss_fn=lambda x, c: x.sum())
+    with pytest.raises(ValueError, match="not both"):
+        Trainer(trainer.model, trainer.batches, None, trainer.config, tmp_path)
+
+
+def test_snapshots_keep_the_newest_weights(tmp_path):
+    trainer = make_trainer(tmp_path, steps=12, snapshot_every=2, snapshot_keep=3)
+    trainer.fit()
+    paths = snapshot_paths(tmp_path)
+    assert [p.name for p in paths] == ["step00000008.pt", "step00000010.pt", "step00000012.pt"]
+    last = torch.load(paths[-1], weights_only=True)
+    for a, b in zip(last.values(), params(trainer.model), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_resume_without_state_dict_batches_still_runs(tmp_path):

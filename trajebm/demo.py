@@ -114,6 +114,8 @@ def write_markdown(report: dict[str, Any], cfg: DemoConfig, path: Path) -> None:
     ]
     if report.get("frames") is None and cfg.render:
         lines += ["Rows: truth, then each model's first sample.", "", "![frames](frames.png)", ""]
+        video = report.get("video") or "Every step as video: [rollouts.mp4](rollouts.mp4)"
+        lines += [video, ""]
     elif report.get("frames"):
         lines += [report["frames"], ""]
     atomic_write_bytes(path, "\n".join(lines).encode())

@@ -193,6 +193,9 @@ def evaluate(data: str | os.PathLike, models: list[str | os.PathLike], out_dir: 
         plot_coordinates(test_s[0], predictions, own["state_names"], k, out / "coordinates.png")
     if cfg.render:
         report["frames"] = render_strip(own["env_id"], truth[0], predictions, out / "frames.png")
+        if report["frames"] is None:
+            report["video"] = render_video(own["env_id"], truth[0], predictions,
+                                           out / "rollouts.mp4", fps=round(1 / own["dt"]))
     return report
 
 
@@ -269,6 +272,33 @@ def plot_coordinates(states: np.ndarray, predictions: dict[str, np.ndarray],
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def render_video(env_id: str, truth: np.ndarray, predictions: dict[str, np.ndarray],
+                 path: Path, size: int = 160, fps: int = 25) -> str | None:
+    """An MP4 with one labelled panel per row of :func:`render_strip`, every predicted step.
+
+    Returns None on success, else why the video was skipped (no OpenGL or no ffmpeg).
+    """
+    import imageio.v2 as imageio
+    from PIL import Image, ImageDraw
+
+    from trajebm.data import render_frames
+
+    try:
+        panels = [render_frames(env_id, truth, size, size)]
+        panels += [render_frames(env_id, p[0, 0], size, size) for p in predictions.values()]
+        frames = np.concatenate(panels, axis=2)
+        for t, frame in enumerate(frames):
+            image = Image.fromarray(frame)
+            draw = ImageDraw.Draw(image)
+            for i, name in enumerate(["truth", *predictions]):
+                draw.text((i * size + 4, 4), f"{name}  t={t + 1}", fill=(255, 255, 255))
+            frames[t] = np.asarray(image)
+        imageio.mimsave(path, list(frames), fps=max(1, fps), macro_block_size=1)
+    except Exception as err:  # noqa: BLE001 - rendering is optional and backend-dependent
+        return f"video skipped: {type(err).__name__}: {err}"
+    return None
 
 
 def render_strip(env_id: str, truth: np.ndarray, predictions: dict[str, np.ndarray],

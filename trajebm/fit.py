@@ -1,16 +1,15 @@
-"""Train a trajectory model on a dataset: the EBM with the shared trainer, baselines by Adam.
+"""Train a trajectory model on a dataset, every kind with the one shared trainer.
 
 The EBM's positives are z-scored next states with condition = (context, action); its chains
 start at the last context state + U(-0.3, 0.3). The baselines (MSE regression, Gaussian
-ensemble NLL) take plain Adam steps on the same batches. Every run folder gets ``model.pt``
+ensemble NLL) give the trainer their loss instead, on the same batches, so they get the same
+checkpoints, exact resume, divergence guard and torchrun support. Every run folder gets ``model.pt``
 (see :func:`trajebm.models.load_model`), ``checkpoint.pt``, ``metrics.csv`` and ``run.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import time
 import warnings
@@ -20,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from trajebm.buffer import ReplayBuffer
 from trajebm.errors import UsageError
@@ -32,8 +30,15 @@ from trajebm.models import (
     resolve_device,
     save_model,
 )
-from trajebm.runinfo import atomic_write_bytes, write_run_info
-from trajebm.train import TensorBatches, TrainConfig, Trainer, seed_everything
+from trajebm.runinfo import write_run_info
+from trajebm.train import (
+    TensorBatches,
+    TrainConfig,
+    Trainer,
+    init_distributed,
+    seed_everything,
+    world,
+)
 
 
 @dataclass
@@ -96,11 +101,15 @@ def context_init(model: TrajectoryModel):
 def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
               config: FitConfig | None = None, device: str | torch.device | None = None,
               resume: bool = False) -> TrajectoryModel:
-    """Train ``config.model`` on the dataset folder ``data``; save it in ``out_dir``."""
+    """Train ``config.model`` on the dataset folder ``data``; save it in ``out_dir``.
+
+    Under ``torchrun`` every rank trains on its own batch order and rank 0 saves the model.
+    """
     from trajebm.data import TrajectoryDataset
 
     cfg = config or FitConfig()
-    device = resolve_device(device)
+    device = init_distributed(resolve_device(device))
+    rank, _ = world()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory")
@@ -116,28 +125,33 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
     seed_everything(cfg.seed)
     model = build_model(mcfg, ds.state_stats.mean, ds.state_stats.std, meta)
     x, cond = training_tensors(ds, mcfg.conditional)
-    batches = TensorBatches(x, cond, cfg.batch_size, seed=cfg.seed)
+    batches = TensorBatches(x, cond, cfg.batch_size, seed=cfg.seed + rank)
     out.mkdir(parents=True, exist_ok=True)
-    write_run_info(out, cfg, cfg.seed, dataset=meta, train_windows=len(x), device=str(device))
+    if rank == 0:
+        write_run_info(out, cfg, cfg.seed, dataset=meta, train_windows=len(x),
+                       device=str(device))
     t0 = time.perf_counter()
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, betas=tuple(cfg.betas),
+                       warmup_steps=cfg.warmup_steps, alpha=cfg.alpha, sampler=mcfg.sampler,
+                       negatives_cond="buffer" if cfg.replay_prob > 0 else "data",
+                       adam_clip=mcfg.kind == "ebm", seed=cfg.seed,
+                       checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                       progress=cfg.progress)
     if mcfg.kind == "ebm":
         buffer = ReplayBuffer(cfg.buffer_capacity, (mcfg.state_dim,), context_init(model),
                               cond_shape=(mcfg.cond_dim,), replay_prob=cfg.replay_prob,
                               seed=cfg.seed)
-        tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, betas=tuple(cfg.betas),
-                           warmup_steps=cfg.warmup_steps, alpha=cfg.alpha, sampler=mcfg.sampler,
-                           negatives_cond="buffer" if cfg.replay_prob > 0 else "data",
-                           seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                           log_every=cfg.log_every, progress=cfg.progress)
         summary = Trainer(model, batches, buffer, tcfg, out, device).fit(resume=resume)
         if (message := collapse_message(summary)) is not None:
             warnings.warn(message, stacklevel=2)
     else:
-        summary = fit_regression(model, batches, cfg, out, device, resume)
+        summary = Trainer(model, batches, None, tcfg, out, device,
+                          loss_fn=model.loss).fit(resume=resume)
     model.meta["train_seconds"] = round(time.perf_counter() - t0, 2)
     model.meta["train_summary"] = summary
     model.cpu().eval()
-    save_model(model, out / MODEL_FILE)
+    if rank == 0:
+        save_model(model, out / MODEL_FILE)
     return model
 
 
@@ -157,61 +171,6 @@ def collapse_message(summary: dict[str, float]) -> str | None:
     return (f"EBM collapsed: final E(negatives) - E(data) = {gap:.2f} > {COLLAPSE_GAP}; its "
             f"samples no longer reach the data. Train fewer steps (metrics.csv shows when the "
             f"gap opened) or lower the lr.")
-
-
-def fit_regression(model: TrajectoryModel, batches: TensorBatches, cfg: FitConfig, out: Path,
-                   device: torch.device, resume: bool = False) -> dict[str, float]:
-    """Plain Adam on the model's own loss (MSE or ensemble NLL), checkpointed and resumable."""
-    model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    step, path = 0, out / "checkpoint.pt"
-    if resume and path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        batches.load_state_dict(state["batches"])
-        generator.set_state(state["generator"])
-        step = int(state["step"])
-
-    def checkpoint() -> None:
-        buf = io.BytesIO()
-        torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "batches": batches.state_dict(),
-                    "generator": generator.get_state()}, buf)
-        atomic_write_bytes(path, buf.getvalue())
-
-    loss_value = float("nan")
-    with open(out / "metrics.csv", "a" if resume else "w", newline="") as f, tqdm(
-            total=cfg.steps, initial=step, desc=f"train {model.kind}", unit="step",
-            disable=not cfg.progress, dynamic_ncols=True) as bar:
-        writer = csv.writer(f)
-        if not resume or step == 0:
-            writer.writerow(["step", "loss", "lr"])
-        while step < cfg.steps:
-            x, cond = next(batches)
-            x, cond = x.to(device), cond.to(device)
-            loss = (model.loss(x, cond, generator) if model.kind == "ensemble"
-                    else model.loss(x, cond))
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"{model.kind} training produced a non-finite loss at "
-                                   f"step {step}; try a lower lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            loss_value = loss.item()
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                writer.writerow([step, loss_value, opt.param_groups[0]["lr"]])
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                checkpoint()
-    return {"step": step, "loss": loss_value}
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
-"""The one contrastive-divergence trainer for every EBM in the project (trajectories, images, toys).
+"""The one trainer of the project: EBMs (trajectories, images, toys) and their baselines.
 
-Each step: draw positives, start chains from the replay buffer (or fresh noise), run Langevin,
-take the loss ``mean E(x+) - mean E(x-) + alpha (mean E(x+)^2 + mean E(x-)^2)`` (+ optional KL
-term), clip gradients to Adam's bound and update. Checkpoints hold everything needed to continue
+Each EBM step: draw positives, start chains from the replay buffer (or fresh noise), run
+Langevin, take the loss ``mean E(x+) - mean E(x-) + alpha (mean E(x+)^2 + mean E(x-)^2)`` (+
+optional KL term), clip gradients to Adam's bound and update. Given a ``loss_fn`` instead (the
+regression and likelihood baselines), a step minimises ``loss_fn(x, cond)`` with the same
+optimiser, schedule, checkpoints and guards. Checkpoints hold everything needed to continue
 exactly; a divergence guard rolls back to the last good checkpoint; under ``torchrun`` every rank
 keeps its own buffer and gradients are averaged.
 """
@@ -15,7 +17,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from trajebm.runinfo import atomic_write_bytes
 from trajebm.sampling import LangevinConfig, langevin
 
 Batch = tuple[Tensor, "Tensor | None"]
+LossFn = Callable[[Tensor, "Tensor | None"], Tensor]
+"""A supervised objective ``loss_fn(x, cond) -> scalar`` (uses the global torch RNG if any)."""
 
 
 @dataclass
@@ -53,6 +57,8 @@ class TrainConfig:
     negatives_cond: str = "data"
     seed: int = 0
     checkpoint_every: int = 200
+    snapshot_every: int = 0
+    snapshot_keep: int = 10
     log_every: int = 10
     max_rollbacks: int = 3
     rollback_lr_scale: float = 0.5
@@ -68,6 +74,8 @@ class TrainConfig:
                 f"negatives_cond must be 'data' or 'buffer', not {self.negatives_cond!r}")
         if self.steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("steps must be >= 0; checkpoint_every and log_every >= 1")
+        if self.snapshot_every < 0 or self.snapshot_keep < 1:
+            raise ValueError("snapshot_every must be >= 0 and snapshot_keep >= 1")
 
 
 class Divergence(RuntimeError):
@@ -102,15 +110,20 @@ def clip_to_adam_bound(optimizer: torch.optim.Adam) -> None:
 
 
 class TensorBatches:
-    """Endless shuffled mini-batches ``(x, cond)`` over tensors, resumable through its state."""
+    """Endless shuffled mini-batches ``(x, cond)`` over tensors, resumable through its state.
+
+    ``transform`` maps each batch of ``x`` on the way out (e.g. uint8 images to floats), so a
+    large dataset can stay compact in memory.
+    """
 
     def __init__(self, x: Tensor, cond: Tensor | None = None, batch_size: int = 128,
-                 seed: int = 0) -> None:
+                 seed: int = 0, transform: Callable[[Tensor], Tensor] | None = None) -> None:
         if cond is not None and len(cond) != len(x):
             raise ValueError(f"x has {len(x)} rows but cond has {len(cond)}")
         if not 1 <= batch_size:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.x, self.cond, self.batch_size = x, cond, min(batch_size, len(x))
+        self.transform = transform
         self.generator = torch.Generator().manual_seed(seed)
         self.perm = torch.randperm(len(x), generator=self.generator)
         self.pos = 0
@@ -124,7 +137,8 @@ class TensorBatches:
             self.pos = 0
         idx = self.perm[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
-        return self.x[idx], None if self.cond is None else self.cond[idx]
+        x = self.x[idx] if self.transform is None else self.transform(self.x[idx])
+        return x, None if self.cond is None else self.cond[idx]
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
@@ -158,6 +172,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def init_distributed(device: str | torch.device = "cpu") -> torch.device:
+    """Join the ``torchrun`` process group when launched by it; return this rank's device.
+
+    Without ``torchrun`` (no ``WORLD_SIZE`` > 1 in the environment) this does nothing. NCCL is
+    used for CUDA, gloo for CPU; each rank takes ``cuda:LOCAL_RANK``.
+    """
+    device = torch.device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) under torch.distributed, else (0, 1)."""
     if dist.is_available() and dist.is_initialized():
@@ -165,19 +196,29 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def snapshot_paths(run_dir: str | os.PathLike) -> list[Path]:
+    """A run's weight snapshots (``Trainer.save_snapshot``), oldest first."""
+    return sorted((Path(run_dir) / "snapshots").glob("step*.pt"))
+
+
 class Trainer:
     """Trains ``model`` (``model(x, cond) -> (B,)`` energies) by contrastive divergence.
 
     ``batches`` yields ``(x, cond)`` positives (cond None for unconditional models); giving it
     ``state_dict``/``load_state_dict`` (like :class:`TensorBatches`) makes resume exact.
-    ``buffer`` supplies chain starts and holds the negatives. Outputs go to ``out_dir``:
-    ``checkpoint.pt`` (``checkpoint.rank{r}.pt`` for ranks > 0), ``metrics.csv``, ``events.log``.
+    ``buffer`` supplies chain starts and holds the negatives. With ``loss_fn`` the model is
+    trained on that objective instead (no buffer, no sampling). Outputs go to ``out_dir``:
+    ``checkpoint.pt`` (``checkpoint.rank{r}.pt`` for ranks > 0), ``metrics.csv``, ``events.log``;
+    with ``config.snapshot_every`` also ``snapshots/step{N}.pt`` (weights only, for ensembles).
     """
 
-    def __init__(self, model: nn.Module, batches: Iterator[Batch], buffer: ReplayBuffer,
+    def __init__(self, model: nn.Module, batches: Iterator[Batch], buffer: ReplayBuffer | None,
                  config: TrainConfig, out_dir: str | os.PathLike,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", loss_fn: LossFn | None = None) -> None:
+        if (buffer is None) == (loss_fn is None):
+            raise ValueError("give the Trainer a replay buffer (EBM) or a loss_fn, not both")
         self.model, self.batches, self.buffer, self.config = model, batches, buffer, config
+        self.loss_fn = loss_fn
         self.device = torch.device(device)
         self.out_dir = Path(out_dir)
         self.rank, self.world_size = world()
@@ -215,7 +256,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "buffer": self.buffer.state_dict(),
+            "buffer": None if self.buffer is None else self.buffer.state_dict(),
             "batches": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None,
             "rng": rng_state(),
             "lr_scale": self.lr_scale,
@@ -227,7 +268,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.buffer.load_state_dict(state["buffer"])
+        if self.buffer is not None:
+            self.buffer.load_state_dict(state["buffer"])
         if state["batches"] is not None and hasattr(self.batches, "load_state_dict"):
             self.batches.load_state_dict(state["batches"])
         set_rng_state(state["rng"])
@@ -240,6 +282,22 @@ class Trainer:
         torch.save(self.state_dict(), buf)
         atomic_write_bytes(self.checkpoint_path, buf.getvalue())
         return self.checkpoint_path
+
+    def save_snapshot(self) -> Path:
+        """Write the weights alone to ``snapshots/step{N}.pt``; keep the newest ``snapshot_keep``.
+
+        The paper's evaluation sampler cycles chains through such snapshots (a historical
+        ensemble, 10 checkpoints 300 iterations apart); see :func:`snapshot_paths`.
+        """
+        folder = self.out_dir / "snapshots"
+        folder.mkdir(exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(self.model.state_dict(), buf)
+        path = folder / f"step{self.step:08d}.pt"
+        atomic_write_bytes(path, buf.getvalue())
+        for old in snapshot_paths(self.out_dir)[: -self.config.snapshot_keep]:
+            old.unlink()
+        return path
 
     def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
         state = torch.load(path or self.checkpoint_path, map_location="cpu", weights_only=False)
@@ -262,12 +320,32 @@ class Trainer:
         dist.all_reduce(t)
         return bool(t.item() > 0)
 
+    def _update(self, loss: Tensor, stats: list[float]) -> None:
+        """Backward, average across ranks, clip, check ``stats`` ([loss, ..., max |E|]), step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.world_size > 1:
+            self._allreduce_grads()
+        if self.config.adam_clip:
+            clip_to_adam_bound(self.optimizer)
+        bad = not all(math.isfinite(v) for v in stats) or stats[-1] > self.config.energy_limit
+        if self._any_rank(bad):
+            raise Divergence(f"step {self.step}: loss={stats[0]:.4g}, max |E|={stats[-1]:.4g}")
+        self.optimizer.step()
+        self.scheduler.step()
+
     def train_step(self) -> dict[str, float]:
-        """One contrastive-divergence update; raises :class:`Divergence` before a bad update."""
+        """One update; raises :class:`Divergence` before a bad update."""
         cfg = self.config
         x_pos, cond = next(self.batches)
         x_pos = x_pos.to(self.device)
         cond = None if cond is None else cond.to(self.device)
+        if self.loss_fn is not None:
+            loss = self.loss_fn(x_pos, cond)
+            value = loss.detach().item()
+            self._update(loss, [value, abs(value)])
+            self.step += 1
+            return {"loss": value, "lr": self.optimizer.param_groups[0]["lr"]}
         start = self.buffer.sample(len(x_pos), cond)
         c_neg = cond if cfg.negatives_cond == "data" or start.cond is None else start.cond
         c_neg = None if c_neg is None else c_neg.to(self.device)
@@ -283,20 +361,10 @@ class Trainer:
             frozen = {k: v.detach() for k, v in self.model.named_parameters()}
             kl_term = torch.func.functional_call(self.model, frozen, (x_neg, c_neg)).mean()
             loss = loss + cfg.kl_weight * kl_term
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.world_size > 1:
-            self._allreduce_grads()
-        if cfg.adam_clip:
-            clip_to_adam_bound(self.optimizer)
         stats = torch.stack([loss.detach(), e_pos.detach().mean(), e_neg.detach().mean(),
                              penalty.detach(), kl_term.detach(),
                              energies.detach().abs().max()]).tolist()
-        bad = not all(math.isfinite(v) for v in stats) or stats[5] > cfg.energy_limit
-        if self._any_rank(bad):
-            raise Divergence(f"step {self.step}: loss={stats[0]:.4g}, max |E|={stats[5]:.4g}")
-        self.optimizer.step()
-        self.scheduler.step()
+        self._update(loss, stats)
         self.buffer.push(x_neg.detach(), c_neg)
         self.step += 1
         return {"loss": stats[0], "e_pos": stats[1], "e_neg": stats[2], "l2": stats[3],
@@ -321,7 +389,8 @@ class Trainer:
             group["lr"] = base * factor
         new_seed = self.config.seed + self.rank + 1_000_003 * count
         seed_everything(new_seed)
-        self.buffer.generator.manual_seed(new_seed)
+        if self.buffer is not None:
+            self.buffer.generator.manual_seed(new_seed)
         self._event(f"rollback {count}: {reason}; restored step {self.step}, reseeded {new_seed}, "
                     f"lr scale {self.lr_scale:g}")
 
@@ -374,8 +443,8 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     last["sec_per_step"] = time.perf_counter() - t0
-                    bar.set_postfix(loss=f"{last['loss']:.3f}", e_pos=f"{last['e_pos']:.3f}",
-                                    e_neg=f"{last['e_neg']:.3f}")
+                    bar.set_postfix({k: f"{last[k]:.3f}" for k in ("loss", "e_pos", "e_neg")
+                                     if k in last})
                     if writer is None and log_file is not None:
                         writer = csv.DictWriter(log_file, fieldnames=["step", *last])
                         writer.writeheader()
@@ -385,6 +454,9 @@ class Trainer:
                     if self.tb is not None:
                         for k, v in last.items():
                             self.tb.add_scalar(k, v, self.step)
+                if (cfg.snapshot_every and self.rank == 0
+                        and self.step % cfg.snapshot_every == 0):
+                    self.save_snapshot()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
         finally:

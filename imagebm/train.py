@@ -1,0 +1,309 @@
+"""Train an image EBM with trajebm's one trainer, replay buffer and Langevin sampler.
+
+Several processes or GPUs: ``torchrun --nproc_per_node N $(which imagebm) train ...``; every
+rank keeps its own replay buffer and data order, gradients are averaged (``trajebm.train``).
+
+A run is described by one :class:`ImageTrainConfig`; :data:`PRESETS` holds the paper's settings
+(PAPER.md §1) and small CPU settings. ``imagebm train --preset NAME --out RUN`` calls
+:func:`train_images`, which writes ``run.json``, ``checkpoint.pt`` (exact resume),
+``metrics.csv``, ``snapshots/`` (weights for the historical ensemble), ``model.pt`` (final
+weights + config) and ``buffer.png`` (a grid of the latest replay-buffer samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from imagebm.models import ARCHITECTURES, ImageEBM, ImageEBMConfig, build_model
+from trajebm.buffer import NoiseInit, ReplayBuffer, uniform_init
+from trajebm.errors import UsageError
+from trajebm.models import resolve_device
+from trajebm.runinfo import atomic_write_bytes, write_run_info
+from trajebm.sampling import LangevinConfig
+from trajebm.train import TensorBatches, TrainConfig, Trainer, init_distributed, world
+
+MODEL_FILE = "model.pt"
+INITS = ("uniform", "dsprites")
+
+
+@dataclass
+class ImageTrainConfig:
+    """Everything a run needs: data, architecture, sampler, optimiser, evaluation sampler.
+
+    ``init`` is where fresh chains start: ``uniform`` U(0, 1) (natural images), or ``dsprites``
+    0.5 + 0.5 N(0, 1) clamped to [0, 1] (PAPER.md §1). The ``eval_*`` fields are the paper's
+    evaluation-time sampler (:func:`imagebm.sample.sample_images`).
+    """
+
+    dataset: str = "digits"
+    image_size: int | None = None
+    label_factor: str | None = None
+    limit: int | None = None
+    conditional: bool = False
+    model: ImageEBMConfig = field(default_factory=ImageEBMConfig)
+    batch_size: int = 128
+    steps: int = 100_000
+    lr: float = 3e-4
+    warmup_steps: int = 0
+    alpha: float = 1.0
+    sampler: LangevinConfig = field(default_factory=LangevinConfig)
+    buffer_size: int = 10_000
+    replay_prob: float = 0.95
+    init: str = "uniform"
+    snapshot_every: int = 300
+    snapshot_keep: int = 10
+    checkpoint_every: int = 500
+    log_every: int = 10
+    eval_chunk_steps: int = 20
+    eval_grad_clip: float | None = 0.05
+    eval_reinit: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ImageEBMConfig(**self.model)
+        if isinstance(self.sampler, dict):
+            self.sampler = LangevinConfig(**self.sampler)
+        if self.init not in INITS:
+            raise UsageError(f"init must be one of {', '.join(INITS)}, not {self.init!r}")
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.buffer_size < 1:
+            raise UsageError("steps must be >= 0; batch_size, buffer_size and lr positive")
+        if not 0.0 <= self.eval_reinit <= 1.0:
+            raise UsageError(f"eval_reinit must be in [0, 1], got {self.eval_reinit}")
+
+
+def _cifar_sampler(**kw: Any) -> LangevinConfig:
+    """PAPER.md §1 CIFAR-10 chains: 60 steps, lambda 10, sigma 0.005, clip 0.01, bounds [0, 1]."""
+    return LangevinConfig(**{"steps": 60, "step_size": 10.0, "noise": 0.005, "grad_clip": 0.01,
+                             **kw})
+
+
+PRESETS: dict[str, ImageTrainConfig] = {
+    "cifar10-uncond": ImageTrainConfig(
+        dataset="cifar10", model=ImageEBMConfig(arch="resnet32large", image_size=32, channels=3,
+                                                dropout=0.5),
+        sampler=_cifar_sampler()),
+    "cifar10-cond": ImageTrainConfig(
+        dataset="cifar10", conditional=True,
+        model=ImageEBMConfig(arch="resnet32", image_size=32, channels=3),
+        sampler=_cifar_sampler()),
+    "imagenet32-cond": ImageTrainConfig(
+        dataset="imagenet32", conditional=True, batch_size=32,
+        model=ImageEBMConfig(arch="resnet32wider", image_size=32, channels=3),
+        sampler=_cifar_sampler()),
+    "imagenet128-cond": ImageTrainConfig(
+        dataset="imagenet", conditional=True, batch_size=16,
+        model=ImageEBMConfig(arch="resnet128", image_size=128, channels=3, activation="swish"),
+        sampler=_cifar_sampler(steps=50, step_size=100.0, grad_clip=None)),
+    "mnist": ImageTrainConfig(
+        dataset="mnist", conditional=True,
+        model=ImageEBMConfig(arch="small", image_size=28, channels=1),
+        sampler=_cifar_sampler()),
+    **{f"dsprites-{factor}": ImageTrainConfig(
+        dataset="dsprites", label_factor=factor, conditional=True, init="dsprites",
+        model=ImageEBMConfig(arch="dsprites", image_size=64, channels=1),
+        sampler=_cifar_sampler(steps=20, step_size=500.0))
+        for factor in ("shape", "scale", "orientation", "x", "y")},
+    "digits": ImageTrainConfig(
+        dataset="digits", conditional=True, steps=1500, batch_size=128, lr=1e-3,
+        model=ImageEBMConfig(arch="small", image_size=8, channels=1, width=16),
+        sampler=_cifar_sampler(steps=15), snapshot_every=100, checkpoint_every=250),
+    "dsprites-16": ImageTrainConfig(
+        dataset="dsprites-procedural", image_size=16, label_factor="shape", limit=20_000,
+        conditional=True, steps=3000, lr=1e-3, init="dsprites",
+        model=ImageEBMConfig(arch="dsprites", image_size=16, channels=1),
+        sampler=_cifar_sampler(steps=20, step_size=500.0), snapshot_every=100,
+        checkpoint_every=250),
+}
+"""Named settings. The paper's (PAPER.md §1) need a GPU and the dataset files; ``digits`` and
+``dsprites-16`` are sized for a 2-core CPU (see README for their measured time and quality)."""
+
+
+def preset(name: str, **overrides: Any) -> ImageTrainConfig:
+    """A copy of the named preset with ``overrides`` applied (unknown names are errors)."""
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    cfg = PRESETS[name]
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise UsageError(f"unknown setting(s) {', '.join(sorted(unknown))} for a preset")
+    return replace(cfg, **overrides)
+
+
+def chain_init(kind: str, shape: tuple[int, ...]) -> NoiseInit:
+    """Fresh chain starts for ``kind`` (see :class:`ImageTrainConfig`)."""
+    if kind == "uniform":
+        return uniform_init(0.0, 1.0, shape)
+
+    def init(n: int, cond: Tensor | None, generator: torch.Generator) -> Tensor:
+        return (0.5 + 0.5 * torch.randn((n, *shape), generator=generator)).clamp(0.0, 1.0)
+
+    return init
+
+
+def load_training_data(cfg: ImageTrainConfig, data_root: str | os.PathLike | None,
+                       split: str = "train") -> Any:
+    """The run's dataset split as :class:`imagebm.datasets.ImageData`, checked against the model."""
+    from imagebm.datasets import load_dataset
+
+    data = load_dataset(cfg.dataset, data_root, split, image_size=cfg.image_size,
+                        limit=cfg.limit, seed=cfg.seed, label_factor=cfg.label_factor)
+    _, c, h, w = data.images.shape
+    m = cfg.model
+    if (c, h, w) != (m.channels, m.image_size, m.image_size):
+        raise UsageError(
+            f"{cfg.dataset} gives {c}x{h}x{w} images but the model expects "
+            f"{m.channels}x{m.image_size}x{m.image_size}; set image_size or the model's size")
+    if cfg.conditional and (data.labels is None or data.num_classes < 1):
+        raise UsageError(f"a conditional model needs labels; {cfg.dataset} has none "
+                         f"(set label_factor or conditional=False)")
+    return data
+
+
+def model_config(cfg: ImageTrainConfig, num_classes: int) -> ImageEBMConfig:
+    """The architecture with the class count filled in (0 when unconditional)."""
+    return replace(cfg.model, num_classes=num_classes if cfg.conditional else 0)
+
+
+def _to_unit(images: Tensor) -> Tensor:
+    return images.float() / 255.0
+
+
+def train_images(cfg: ImageTrainConfig, out_dir: str | os.PathLike,
+                 data_root: str | os.PathLike | None = None,
+                 device: str | torch.device | None = None, resume: bool = False,
+                 progress: bool = True) -> ImageEBM:
+    """Train an image EBM per ``cfg`` into ``out_dir``; return the trained model (eval mode)."""
+    device = init_distributed(resolve_device(device))
+    rank, _ = world()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory")
+    if (out / MODEL_FILE).exists() and not resume:
+        raise UsageError(f"{out} already holds a trained model; choose another --out or "
+                         f"pass --resume to continue it")
+    if cfg.model.arch not in ARCHITECTURES:
+        raise UsageError(f"unknown arch {cfg.model.arch!r}; choose from "
+                         f"{', '.join(ARCHITECTURES)}")
+    data = load_training_data(cfg, data_root)
+    mcfg = model_config(cfg, data.num_classes)
+    torch.manual_seed(cfg.seed)
+    model = build_model(mcfg)
+    shape = tuple(data.images.shape[1:])
+    labels = data.labels if cfg.conditional else None
+    batches = TensorBatches(data.images, labels, cfg.batch_size, seed=cfg.seed + rank,
+                            transform=_to_unit)
+    buffer = ReplayBuffer(cfg.buffer_size, shape, chain_init(cfg.init, shape),
+                          cond_shape=() if labels is not None else None,
+                          cond_dtype=torch.int64, dtype=torch.uint8,
+                          replay_prob=cfg.replay_prob, seed=cfg.seed)
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                       alpha=cfg.alpha, sampler=cfg.sampler, seed=cfg.seed,
+                       checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                       snapshot_every=cfg.snapshot_every, snapshot_keep=cfg.snapshot_keep,
+                       progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = {"name": data.name, "train_images": len(data.images),
+               "num_classes": data.num_classes, "class_names": data.class_names}
+    if rank == 0:
+        write_run_info(out, cfg, cfg.seed, model=mcfg, dataset=dataset, device=str(device),
+                       data_root=data_root)
+    trainer = Trainer(model, batches, buffer, tcfg, out, device)
+    t0 = time.perf_counter()
+    summary = trainer.fit(resume=resume)
+    model.cpu().eval()
+    if rank != 0:
+        return model
+    save_image_model(model, cfg, dataset, out / MODEL_FILE,
+                     train_seconds=round(time.perf_counter() - t0, 1), summary=summary)
+    from imagebm.sample import save_grid
+
+    recent = buffer.data[(buffer.pos - torch.arange(1, min(64, len(buffer)) + 1)) % len(buffer)]
+    save_grid(recent.float() / 255.0, out / "buffer.png")
+    return model
+
+
+def save_image_model(model: ImageEBM, cfg: ImageTrainConfig, dataset: dict[str, Any],
+                     path: str | os.PathLike, **meta: Any) -> None:
+    """Write weights, the run config and dataset facts to one file (see :func:`load_image_run`)."""
+    buf = io.BytesIO()
+    torch.save({"format": "imagebm-model", "config": dataclasses.asdict(cfg),
+                "model_config": dataclasses.asdict(model.config), "dataset": dataset,
+                "state_dict": model.state_dict(), "meta": meta}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@dataclass
+class ImageRun:
+    """A trained (or training) run loaded back: its config, model and dataset facts."""
+
+    path: Path
+    config: ImageTrainConfig
+    model: ImageEBM
+    dataset: dict[str, Any]
+
+
+def load_image_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> ImageRun:
+    """Load ``run_dir/model.pt``, or the latest ``checkpoint.pt`` of a run still training."""
+    import json
+
+    run = Path(run_dir)
+    final, ckpt, info = run / MODEL_FILE, run / "checkpoint.pt", run / "run.json"
+    if final.exists():
+        try:
+            state = torch.load(final, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise UsageError(f"{final} is not a readable imagebm model ({err})") from None
+        if not isinstance(state, dict) or state.get("format") != "imagebm-model":
+            raise UsageError(f"{final} is not an imagebm model file")
+        cfg, mcfg = ImageTrainConfig(**state["config"]), ImageEBMConfig(**state["model_config"])
+        weights, dataset = state["state_dict"], state["dataset"]
+    elif ckpt.exists() and info.exists():
+        record = json.loads(info.read_text())
+        cfg, mcfg = ImageTrainConfig(**record["config"]), ImageEBMConfig(**record["model"])
+        weights = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
+        dataset = record["dataset"]
+    else:
+        raise UsageError(f"{run} holds no imagebm run (no {MODEL_FILE}, or checkpoint.pt "
+                         f"with run.json); train one with `imagebm train`")
+    model = build_model(mcfg)
+    model.load_state_dict(weights)
+    return ImageRun(run, cfg, model.to(device).eval(), dataset)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
+                                    ("lr", args.lr), ("seed", args.seed)) if v is not None}
+    cfg = preset(args.preset, **overrides)
+    train_images(cfg, args.out, args.data_root, args.device, resume=args.resume,
+                 progress=not args.quiet)
+    print(f"wrote {Path(args.out) / MODEL_FILE}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``imagebm train``."""
+    p = subparsers.add_parser("train", help="train an image EBM from a preset")
+    p.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding the dataset files (not needed for digits, dsprites-16)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)

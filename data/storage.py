@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from trajebm.errors import UsageError
-from trajebm.runinfo import atomic_write_bytes
+from trajebm.runinfo import atomic_write_bytes, fsync_dir
 
 MAIN_FILE = "main_data.hdf5"
 METADATA_FILE = "metadata.json"
@@ -44,14 +44,6 @@ class Episode:
     @property
     def length(self) -> int:
         return len(self.actions)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_group(file: h5py.File, ep: Episode) -> None:
@@ -81,7 +73,7 @@ def write_episodes(path: Path, episodes: list[Episode]) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read_episodes(path: Path) -> list[Episode]:
@@ -108,7 +100,7 @@ def merge_episode_files(parts: list[Path], out: Path) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
 
 
 def serialize_box(low: np.ndarray, high: np.ndarray, dtype: str) -> str:

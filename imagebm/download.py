@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from imagebm.datasets import DATASETS, ROOT_ENV, dataset_spec, default_root, missing_files
 from trajebm.errors import UsageError
+from trajebm.runinfo import fsync_dir
 
 MIRROR_ENV = "IMAGEBM_MIRROR"
 TIMEOUT_S = 60
@@ -81,14 +82,6 @@ REGISTRY: dict[str, tuple[Resource, ...]] = {
 }
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def file_checksum(path: str | os.PathLike, algorithm: str = "md5") -> str:
     """The hex digest of a file's bytes."""
     digest = hashlib.new(algorithm)
@@ -140,7 +133,7 @@ def _fetch(url: str, dest: Path, res: Resource, progress: bool) -> None:
             raise UsageError(f"{url}: {algorithm} checksum mismatch: expected {expected}, got "
                              f"{got}; the download was discarded")
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -167,7 +160,7 @@ def _unpack(archive: Path, folder: str) -> None:
         if not (tmp / folder).is_dir():
             raise UsageError(f"{archive}: holds no {folder}/ folder")
         os.rename(tmp / folder, root / folder)
-        _fsync_dir(root)
+        fsync_dir(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -295,6 +295,7 @@ class ImageEBM(nn.Module):
         else:
             self.fc = nn.Identity()
         self.head = nn.Linear(c, 1)
+        self._checked_labels: tuple[Tensor | None, int] = (None, -1)
 
     @property
     def conditional(self) -> bool:
@@ -336,9 +337,12 @@ class ImageEBM(nn.Module):
             raise UsageError(f"labels must be integer class ids of shape ({batch},) or float "
                              f"codes of shape ({batch}, {k}); got {labels.dtype} of shape "
                              f"{tuple(labels.shape)}")
-        if bool(((labels < 0) | (labels >= k)).any()):
-            raise UsageError(f"labels must be in [0, {k}), got values from {int(labels.min())} "
-                             f"to {int(labels.max())}")
+        checked, version = self._checked_labels
+        if labels is not checked or labels._version != version:  # chains reuse one tensor
+            if bool(((labels < 0) | (labels >= k)).any()):
+                raise UsageError(f"labels must be in [0, {k}), got values from "
+                                 f"{int(labels.min())} to {int(labels.max())}")
+            self._checked_labels = (labels, labels._version)
         return labels.long()
 
 

@@ -28,7 +28,7 @@ from imagebm.models import ARCHITECTURES, ImageEBM, ImageEBMConfig, build_model
 from trajebm.buffer import NoiseInit, ReplayBuffer, uniform_init
 from trajebm.errors import UsageError
 from trajebm.models import resolve_device
-from trajebm.runinfo import atomic_write_bytes, write_run_info
+from trajebm.runinfo import atomic_write_bytes, run_folder, write_run_info
 from trajebm.sampling import LangevinConfig
 from trajebm.train import TensorBatches, TrainConfig, Trainer, init_distributed, world
 
@@ -120,8 +120,8 @@ PRESETS: dict[str, ImageTrainConfig] = {
         sampler=_cifar_sampler(steps=15), snapshot_every=100, checkpoint_every=250),
     "dsprites-16": ImageTrainConfig(
         dataset="dsprites-procedural", image_size=16, label_factor="shape", limit=20_000,
-        conditional=True, steps=3000, lr=1e-3, init="dsprites",
-        model=ImageEBMConfig(arch="dsprites", image_size=16, channels=1),
+        conditional=True, steps=1000, lr=1e-3, init="dsprites",
+        model=ImageEBMConfig(arch="dsprites", image_size=16, channels=1, width=16),
         sampler=_cifar_sampler(steps=20, step_size=500.0), snapshot_every=100,
         checkpoint_every=250),
 }
@@ -187,12 +187,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | os.PathLike,
     """Train an image EBM per ``cfg`` into ``out_dir``; return the trained model (eval mode)."""
     device = init_distributed(resolve_device(device))
     rank, _ = world()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory")
-    if (out / MODEL_FILE).exists() and not resume:
-        raise UsageError(f"{out} already holds a trained model; choose another --out or "
-                         f"pass --resume to continue it")
+    out = run_folder(out_dir, MODEL_FILE, resume)
     if cfg.model.arch not in ARCHITECTURES:
         raise UsageError(f"unknown arch {cfg.model.arch!r}; choose from "
                          f"{', '.join(ARCHITECTURES)}")

@@ -104,7 +104,7 @@ def write_markdown(report: dict[str, Any], cfg: DemoConfig, path: Path) -> None:
         f"FD@t: Fréchet distance at predicted step t; MSE: mean over the horizon; spread: std "
         f"across samples from one start at the last step (diversity); physics error: one "
         f"simulator step from each predicted state vs the predicted next state (the floor row "
-        f"gives it for the true states). All in {report['units']}. The train-vs-test FD "
+        f"gives it for the true states). Units: {report['units']}. The train-vs-test FD "
         f"compares independent trajectories, so rollouts from the test starts themselves can "
         f"fall below it at short horizons.", "",
         markdown_table(report["summary"]), "",

@@ -30,7 +30,7 @@ from trajebm.models import (
     resolve_device,
     save_model,
 )
-from trajebm.runinfo import write_run_info
+from trajebm.runinfo import run_folder, write_run_info
 from trajebm.train import (
     TensorBatches,
     TrainConfig,
@@ -110,11 +110,7 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
     cfg = config or FitConfig()
     device = init_distributed(resolve_device(device))
     rank, _ = world()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory")
-    if (out / MODEL_FILE).exists() and not resume:
-        raise UsageError(f"{out} already holds a trained model; choose another --out")
+    out = run_folder(out_dir, MODEL_FILE, resume)
     ds = TrajectoryDataset(data, context=cfg.model.context, test_fraction=cfg.test_fraction,
                            seed=cfg.split_seed, dtype="float32")
     own = ds.metadata["trajebm"]

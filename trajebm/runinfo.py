@@ -97,6 +97,31 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a directory entry to disk, so a rename inside it survives a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def run_folder(out_dir: str | os.PathLike, done_file: str, resume: bool = False) -> Path:
+    """Check ``out_dir`` can take a run: a folder (or absent) not already holding ``done_file``.
+
+    The check that keeps a new run from overwriting a finished one; ``resume`` allows it.
+    """
+    from trajebm.errors import UsageError
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory")
+    if (out / done_file).exists() and not resume:
+        raise UsageError(f"{out} already holds a trained model; choose another --out or "
+                         f"pass --resume to continue it")
+    return out
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2) + "\n").encode())

@@ -110,3 +110,12 @@ def test_paper_config_trains_the_plain_concatenation(root, tmp_path):
 def test_collapse_is_reported():
     assert collapse_message({"e_pos": -0.004, "e_neg": 0.002}) is None
     assert "collapsed" in collapse_message({"e_pos": -0.49, "e_neg": 0.5})
+
+
+def test_kl_weight_reaches_the_trainer(root, tmp_path):
+    cfg = replace(tiny_fit("ebm", steps=4), kl_weight=0.5)
+    fit_model(small_dataset(root), tmp_path / "kl", cfg)
+    rows = list(csv.DictReader(open(tmp_path / "kl" / "metrics.csv")))
+    assert any(float(r["kl"]) != 0.0 for r in rows)
+    info = json.loads((tmp_path / "kl" / "run.json").read_text())
+    assert info["config"]["kl_weight"] == 0.5

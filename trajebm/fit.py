@@ -53,6 +53,7 @@ class FitConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 100
     alpha: float = 1.0
+    kl_weight: float = 0.0
     replay_prob: float = 0.0
     buffer_capacity: int = 10000
     test_fraction: float = 0.1
@@ -128,7 +129,8 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
                        device=str(device))
     t0 = time.perf_counter()
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, betas=tuple(cfg.betas),
-                       warmup_steps=cfg.warmup_steps, alpha=cfg.alpha, sampler=mcfg.sampler,
+                       warmup_steps=cfg.warmup_steps, alpha=cfg.alpha,
+                       kl_weight=cfg.kl_weight, sampler=mcfg.sampler,
                        negatives_cond="buffer" if cfg.replay_prob > 0 else "data",
                        adam_clip=mcfg.kind == "ebm", seed=cfg.seed,
                        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
@@ -174,11 +176,12 @@ def run_train(args: argparse.Namespace) -> int:
                        context=args.context, hidden=args.hidden, layers=args.layers,
                        spectral_norm=args.spectral_norm, delta_input=args.delta_input)
     cfg = FitConfig(model=mcfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                    betas=(args.beta1, 0.999), replay_prob=args.replay_prob, seed=args.seed,
-                    progress=not args.quiet)
+                    betas=(args.beta1, 0.999), replay_prob=args.replay_prob,
+                    kl_weight=args.kl_weight, seed=args.seed, progress=not args.quiet)
     if args.paper:
         cfg = paper_fit_config(model=mcfg, steps=args.steps, lr=args.lr,
-                               replay_prob=args.replay_prob, seed=args.seed,
+                               replay_prob=args.replay_prob, kl_weight=args.kl_weight,
+                               seed=args.seed,
                                progress=not args.quiet)
     fit_model(args.data, args.out, cfg, args.device, resume=args.resume)
     print(f"wrote {Path(args.out) / MODEL_FILE}")
@@ -205,6 +208,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    default=d.model.delta_input, help="EBM: feed s_{t+1} - s_t, not s_{t+1}")
     p.add_argument("--paper", action="store_true",
                    help="PAPER.md §2 exactly: batch 1024, beta1 0, no --delta-input")
+    p.add_argument("--kl-weight", type=float, default=d.kl_weight,
+                   help="EBM: weight of the KL term through the last Langevin step (0 = off)")
     p.add_argument("--replay-prob", type=float, default=d.replay_prob,
                    help="EBM: chance a chain continues from the replay buffer")
     p.add_argument("--seed", type=int, default=0)

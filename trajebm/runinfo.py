@@ -16,6 +16,7 @@ from typing import Any
 
 TRACKED_PACKAGES = (
     "trajebm", "torch", "numpy", "scipy", "h5py", "gymnasium", "gymnasium-robotics", "mujoco",
+    "scikit-learn", "pillow",
 )
 
 

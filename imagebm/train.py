@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from imagebm.models import ARCHITECTURES, ImageEBM, ImageEBMConfig, build_model
+from imagebm.models import ImageEBM, ImageEBMConfig, build_model
 from trajebm.buffer import NoiseInit, ReplayBuffer, uniform_init
 from trajebm.errors import UsageError
 from trajebm.models import resolve_device
@@ -188,9 +188,6 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | os.PathLike,
     device = init_distributed(resolve_device(device))
     rank, _ = world()
     out = run_folder(out_dir, MODEL_FILE, resume)
-    if cfg.model.arch not in ARCHITECTURES:
-        raise UsageError(f"unknown arch {cfg.model.arch!r}; choose from "
-                         f"{', '.join(ARCHITECTURES)}")
     data = load_training_data(cfg, data_root)
     mcfg = model_config(cfg, data.num_classes)
     torch.manual_seed(cfg.seed)
@@ -222,10 +219,11 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | os.PathLike,
         return model
     save_image_model(model, cfg, dataset, out / MODEL_FILE,
                      train_seconds=round(time.perf_counter() - t0, 1), summary=summary)
-    from imagebm.sample import save_grid
+    if len(buffer):
+        from imagebm.sample import save_grid
 
-    recent = buffer.data[(buffer.pos - torch.arange(1, min(64, len(buffer)) + 1)) % len(buffer)]
-    save_grid(recent.float() / 255.0, out / "buffer.png")
+        newest = (buffer.pos - torch.arange(1, min(64, len(buffer)) + 1)) % len(buffer)
+        save_grid(buffer.data[newest].float() / 255.0, out / "buffer.png")
     return model
 
 

@@ -395,32 +395,30 @@ def _decode_square(path: Path, size: int) -> np.ndarray:
         raise UsageError(f"{path}: cannot decode image ({err})") from None
 
 
-def _read_dtd(root: Path, split: str, opts: _Options) -> ImageData:
-    spec = DATASETS["dtd"]
-    images_dir = _require(spec, root, split)["images"]
-    classes, files = _dtd_files(images_dir)
-    files = _dtd_split(root / spec.folder, files, split)
+def _decode_folder(name: str, classes: list[str], files: list[Path],
+                   opts: _Options) -> ImageData:
+    """Decode class-folder image files (after the seeded ``limit`` subset) into ImageData."""
     idx = _subset_index(len(files), opts.limit, opts.seed)
     if idx is not None:
         files = [files[i] for i in idx]
-    size = opts.image_size or spec.image_size
+    size = opts.image_size or DATASETS[name].image_size
     images = np.stack([_decode_square(f, size) for f in files]) if files else \
         np.zeros((0, 3, size, size), np.uint8)
-    labels = np.array([classes.index(f.parent.name) for f in files], np.int64)
-    return _image_data("dtd", images, labels, classes)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[f.parent.name] for f in files], np.int64)
+    return _image_data(name, images, labels, classes)
+
+
+def _read_dtd(root: Path, split: str, opts: _Options) -> ImageData:
+    spec = DATASETS["dtd"]
+    classes, files = _dtd_files(_require(spec, root, split)["images"])
+    return _decode_folder("dtd", classes, _dtd_split(root / spec.folder, files, split), opts)
 
 
 def _read_imagenet(root: Path, split: str, opts: _Options) -> ImageData:
     spec = DATASETS["imagenet"]
-    folder = _require(spec, root, split)[spec.files[split][0]]
-    classes, files = _dtd_files(folder)
-    idx = _subset_index(len(files), opts.limit, opts.seed)
-    if idx is not None:
-        files = [files[i] for i in idx]
-    size = opts.image_size or spec.image_size
-    images = np.stack([_decode_square(f, size) for f in files])
-    labels = np.array([classes.index(f.parent.name) for f in files], np.int64)
-    return _image_data("imagenet", images, labels, classes)
+    classes, files = _dtd_files(_require(spec, root, split)[spec.files[split][0]])
+    return _decode_folder("imagenet", classes, files, opts)
 
 
 def _factor_labels(factor: str | None, indices: dict[str, np.ndarray]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import json
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -249,8 +250,6 @@ class ImageRun:
 
 def load_image_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> ImageRun:
     """Load ``run_dir/model.pt``, or the latest ``checkpoint.pt`` of a run still training."""
-    import json
-
     run = Path(run_dir)
     final, ckpt, info = run / MODEL_FILE, run / "checkpoint.pt", run / "run.json"
     if final.exists():

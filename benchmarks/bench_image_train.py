@@ -1,6 +1,6 @@
 """Image-EBM training throughput: imagebm's presets on the shared Trainer vs a bare CD loop.
 
-What: training iterations per second of ``trajebm.train.Trainer.train_step`` for an imagebm
+What: training iterations per second of ``trajebm.engine.train.Trainer.train_step`` for an imagebm
 preset's model, sampler and batch size (replay buffer in uint8, class-conditional labels,
 Adam's per-element clip, divergence checks), against a bare ~20-line contrastive-divergence
 loop on the same model, batch and Langevin settings (noise, value clip, clamp; buffer as a
@@ -34,8 +34,8 @@ import torch
 
 from imagebm.models import build_model
 from imagebm.train import chain_init, model_config, preset
-from trajebm.buffer import ReplayBuffer
-from trajebm.train import TensorBatches, TrainConfig, Trainer, clip_to_adam_bound
+from trajebm.engine.buffer import ReplayBuffer
+from trajebm.engine.train import TensorBatches, TrainConfig, Trainer, clip_to_adam_bound
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Langevin-dynamics throughput: trajebm's sampler vs a bare autograd loop vs torchebm.
 
-What: samples x steps per second of ``trajebm.sampling.langevin`` (textbook and paper
+What: samples x steps per second of ``trajebm.engine.sampling.langevin`` (textbook and paper
 conventions, plus the paper convention with gradient clipping and bounds as in the image
 defaults), of a ~15-line autograd loop, and of ``torchebm.samplers.LangevinDynamics``, on
 the same energy module and the same starting tensor, for an MLP energy and a small conv
@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from trajebm.sampling import LangevinConfig, langevin
+from trajebm.engine.sampling import LangevinConfig, langevin
 
 
 def parse_args() -> argparse.Namespace:

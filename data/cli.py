@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trajebm.errors import UsageError
+from trajebm.engine.errors import UsageError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from trajebm.data import storage
 from trajebm.data.policies import POLICIES, PolicyConfig, policy_actions
-from trajebm.errors import UsageError
-from trajebm.runinfo import git_commit, jsonable, package_versions, write_json
+from trajebm.engine.errors import UsageError
+from trajebm.engine.runinfo import git_commit, jsonable, package_versions, write_json
 
 PARTIAL_DIR = ".partial"
 MANIFEST = "collect.json"
@@ -290,6 +290,6 @@ def _chunk_ids(cfg: CollectConfig, k: int) -> range:
 
 
 def _run_record(cfg: CollectConfig) -> dict[str, Any]:
-    from trajebm.runinfo import run_info
+    from trajebm.engine.runinfo import run_info
 
     return run_info(dataclasses.asdict(cfg), cfg.seed)

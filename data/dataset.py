@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from trajebm.data import storage
-from trajebm.errors import UsageError
+from trajebm.engine.errors import UsageError
 
 SPLITS = ("train", "test", "all")
 

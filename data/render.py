@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from trajebm.data import storage
-from trajebm.errors import UsageError
+from trajebm.engine.errors import UsageError
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 STRIP_FRAMES = 8

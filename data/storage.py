@@ -20,8 +20,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from trajebm.errors import UsageError
-from trajebm.runinfo import atomic_write_bytes, fsync_dir
+from trajebm.engine.errors import UsageError
+from trajebm.engine.runinfo import atomic_write_bytes, fsync_dir
 
 MAIN_FILE = "main_data.hdf5"
 METADATA_FILE = "metadata.json"

@@ -1,8 +1,9 @@
 """Shadow-hand gymnasium environments, registered under the `trajebm/` namespace.
 
-Importing this package selects headless EGL rendering (unless ``MUJOCO_GL`` is set), applies
-the mujoco >= 3.12 fix for gymnasium-robotics (:mod:`trajebm.envs.compat`) and registers
-``trajebm/ShadowHandBlock-v0``, ``trajebm/ShadowHandEgg-v0`` and ``trajebm/ShadowHandPen-v0``.
+Importing this package selects headless EGL rendering (unless ``MUJOCO_GL`` is set; it must
+be chosen before MuJoCo loads its GL backend) and registers ``trajebm/ShadowHandBlock-v0``,
+``trajebm/ShadowHandEgg-v0`` and ``trajebm/ShadowHandPen-v0``. The mujoco >= 3.12 fix for
+gymnasium-robotics (:mod:`trajebm.envs.compat`) is applied when an env is built, not on import.
 """
 
 import contextlib

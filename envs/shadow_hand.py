@@ -27,8 +27,6 @@ from gymnasium_robotics.envs.shadow_dexterous_hand.manipulate_pen import MujocoH
 
 from trajebm.envs import compat
 
-compat.apply()
-
 HAND_CLASSES = {"block": MujocoHandBlockEnv, "egg": MujocoHandEggEnv, "pen": MujocoHandPenEnv}
 OBJECT_JOINT = "object:joint"
 HAND_JOINT_PREFIX = "robot0:"
@@ -126,6 +124,7 @@ class ShadowHandEnv(gym.Env):
             raise ValueError(f"unknown object {object!r}; choose from {sorted(HAND_CLASSES)}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode {render_mode!r} unsupported; use 'rgb_array' or None")
+        compat.apply()
         self.object = object
         self.render_mode = render_mode
         self.hand = HAND_CLASSES[object](

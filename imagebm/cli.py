@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from trajebm.cli import run_command
+from trajebm.engine.console import run_command
 
 SUBCOMMAND_MODULES = ("imagebm.train", "imagebm.sample", "imagebm.evaluate", "imagebm.download")
 

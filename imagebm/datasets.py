@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trajebm.errors import UsageError
+from trajebm.engine.errors import UsageError
 
 ROOT_ENV = "IMAGEBM_DATA"
 SPLITS = ("train", "test")

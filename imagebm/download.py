@@ -26,8 +26,8 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from imagebm.datasets import DATASETS, ROOT_ENV, dataset_spec, default_root, missing_files
-from trajebm.errors import UsageError
-from trajebm.runinfo import fsync_dir
+from trajebm.engine.errors import UsageError
+from trajebm.engine.runinfo import fsync_dir
 
 MIRROR_ENV = "IMAGEBM_MIRROR"
 TIMEOUT_S = 60

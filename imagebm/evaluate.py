@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from imagebm.train import ImageTrainConfig, load_image_run
-from trajebm.errors import UsageError
-from trajebm.runinfo import write_json
+from trajebm.engine.errors import UsageError
+from trajebm.engine.runinfo import write_json
 
 DOMAIN_DATASETS = ("digits", "mnist", "dsprites", "dsprites-procedural")
 CLASSIFIER_FACTOR = "shape"

@@ -2,9 +2,10 @@
 
 FID / IS. ``load_inception`` builds the FID variant of Inception-v3 (the TensorFlow graph
 ``inception-2015-12-05`` as ported by pytorch-fid) without torchvision, and loads pytorch-fid's
-weight file from a local path; nothing is downloaded. FID is trajebm.metrics' Fréchet distance
-between Gaussians fitted to the 2048-d pool_3 features; reference statistics can be cached in
-an .npz with keys ``mu`` and ``sigma`` (the format of pytorch-fid's and TTUR's stats files).
+weight file from a local path; nothing is downloaded. FID is the engine's Fréchet distance
+(:mod:`trajebm.engine.metrics`) between Gaussians fitted to the 2048-d pool_3 features;
+reference statistics can be cached in an .npz with keys ``mu`` and ``sigma`` (the format of
+pytorch-fid's and TTUR's stats files).
 IS follows the code behind the paper's numbers (openai/improved-gan's ``inception_score``,
 which Du & Mordatch's release uses; torch-fidelity does the same): softmax over all 1008
 outputs of pool_3 · W, the fc layer's weights WITHOUT its bias, then exp(E_x KL(p(y|x) ‖ p(y)))
@@ -38,10 +39,10 @@ import torch.nn.functional as F
 from scipy.special import rel_entr
 from torch import Tensor, nn
 
-from trajebm.errors import UsageError
-from trajebm.metrics import frechet_distance, gaussian_stats
-from trajebm.models import resolve_device
-from trajebm.runinfo import atomic_write_bytes, jsonable
+from trajebm.engine.device import resolve_device
+from trajebm.engine.errors import UsageError
+from trajebm.engine.metrics import frechet_distance, gaussian_stats
+from trajebm.engine.runinfo import atomic_write_bytes, jsonable
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = (
@@ -382,7 +383,7 @@ def feature_stats(images: Tensor | np.ndarray, extractor: Extractor,
 
 
 def fid_from_stats(stats1: Stats, stats2: Stats) -> float:
-    """Fréchet distance between two (mean, covariance) pairs, via trajebm.metrics."""
+    """Fréchet distance between two (mean, covariance) pairs, via trajebm.engine.metrics."""
     (mu1, sigma1), (mu2, sigma2) = stats1, stats2
     if np.shape(mu1) != np.shape(mu2) or np.shape(sigma1) != np.shape(sigma2):
         raise UsageError(f"statistics of different feature sizes ({np.shape(mu1)} vs "

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from trajebm.errors import UsageError
+from trajebm.engine.errors import UsageError
 
 ACTIVATIONS = ("lrelu", "swish")
 SECOND_CONV_INIT_STD = 1e-4

@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 
 from imagebm.models import ImageEBM, build_model
 from imagebm.train import ImageRun, chain_init, load_image_run
-from trajebm.errors import UsageError
-from trajebm.models import resolve_device
-from trajebm.runinfo import write_run_info
-from trajebm.sampling import langevin
-from trajebm.train import snapshot_paths
+from trajebm.engine.device import resolve_device
+from trajebm.engine.errors import UsageError
+from trajebm.engine.runinfo import write_run_info
+from trajebm.engine.sampling import langevin
+from trajebm.engine.train import snapshot_paths
 
 STARTS = ("noise", "buffer")
 

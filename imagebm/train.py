@@ -1,7 +1,7 @@
 """Train an image EBM with trajebm's one trainer, replay buffer and Langevin sampler.
 
 Several processes or GPUs: ``torchrun --nproc_per_node N $(which imagebm) train ...``; every
-rank keeps its own replay buffer and data order, gradients are averaged (``trajebm.train``).
+rank keeps its own replay buffer and data order, gradients are averaged (``trajebm.engine.train``).
 
 A run is described by one :class:`ImageTrainConfig`; :data:`PRESETS` holds the paper's settings
 (PAPER.md §1) and small CPU settings. ``imagebm train --preset NAME --out RUN`` calls
@@ -26,12 +26,12 @@ import torch
 from torch import Tensor
 
 from imagebm.models import ImageEBM, ImageEBMConfig, build_model
-from trajebm.buffer import NoiseInit, ReplayBuffer, uniform_init
-from trajebm.errors import UsageError
-from trajebm.models import resolve_device
-from trajebm.runinfo import atomic_write_bytes, run_folder, write_run_info
-from trajebm.sampling import LangevinConfig
-from trajebm.train import TensorBatches, TrainConfig, Trainer, init_distributed, world
+from trajebm.engine.buffer import NoiseInit, ReplayBuffer, uniform_init
+from trajebm.engine.device import resolve_device
+from trajebm.engine.errors import UsageError
+from trajebm.engine.runinfo import atomic_write_bytes, run_folder, write_run_info
+from trajebm.engine.sampling import LangevinConfig
+from trajebm.engine.train import TensorBatches, TrainConfig, Trainer, init_distributed, world
 
 MODEL_FILE = "model.pt"
 INITS = ("uniform", "dsprites")

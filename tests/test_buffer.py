@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trajebm.buffer import ReplayBuffer, uniform_init
+from trajebm.engine.buffer import ReplayBuffer, uniform_init
 
 
 def filled(n=500, **kwargs):

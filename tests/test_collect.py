@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from _hand_fixtures import TINY, tiny_dataset
 
-from trajebm.cli import run_command
 from trajebm.data import cli as data_cli
 from trajebm.data.collection import CollectConfig, collect
 from trajebm.data.policies import PolicyConfig, policy_actions
-from trajebm.errors import UsageError
+from trajebm.engine.console import run_command
+from trajebm.engine.errors import UsageError
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from _hand_fixtures import TINY, tiny_dataset
 
-from trajebm.cli import run_command
 from trajebm.data import TrajectoryDataset, dataset_info, render_episode
 from trajebm.data import cli as data_cli
-from trajebm.errors import UsageError
+from trajebm.engine.console import run_command
+from trajebm.engine.errors import UsageError
 
 
 @pytest.fixture(scope="module")

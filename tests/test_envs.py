@@ -37,8 +37,8 @@ def test_compat_fix_is_needed_exactly_on_new_mujoco_and_idempotent():
 
     major, minor = (int(x) for x in mujoco.__version__.split(".")[:2])
     assert compat.enum_comparison_broken() == ((major, minor) >= (3, 12))
-    assert compat.apply() is False  # applied on import already (or not needed)
     env = ShadowHandEnv()
+    assert compat.apply() is False  # applied when the env was built (or not needed)
     env.reset(seed=0)
     obj = mujoco_utils.get_joint_qpos(env.model, env.data, "object:joint")
     hinge = mujoco_utils.get_joint_qpos(env.model, env.data, "robot0:FFJ1")

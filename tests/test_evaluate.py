@@ -10,7 +10,7 @@ from _traj_fixtures import small_dataset, trained
 
 from trajebm.cli import main
 from trajebm.data import TrajectoryDataset
-from trajebm.errors import UsageError
+from trajebm.engine.errors import UsageError
 from trajebm.evaluate import (
     EvalConfig,
     PhysicsChecker,

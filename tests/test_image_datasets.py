@@ -24,7 +24,7 @@ from imagebm.datasets import (
     missing_files,
     render_sprites,
 )
-from trajebm.errors import UsageError
+from trajebm.engine.errors import UsageError
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                "truck"]

@@ -17,8 +17,8 @@ from test_image_datasets import write_cifar, write_dsprites
 
 from imagebm import download as dl
 from imagebm.datasets import DSPRITES_FILE, load_dataset
-from trajebm.cli import run_command
-from trajebm.errors import UsageError
+from trajebm.engine.console import run_command
+from trajebm.engine.errors import UsageError
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from imagebm import metrics as M
-from trajebm.errors import UsageError
-from trajebm.metrics import frechet_distance_samples
+from trajebm.engine.errors import UsageError
+from trajebm.engine.metrics import frechet_distance_samples
 
 # ---------------------------------------------------------------- FID on known Gaussians
 

@@ -17,8 +17,8 @@ from imagebm.models import (
     build_model,
     paper_config,
 )
-from trajebm.errors import UsageError
-from trajebm.sampling import langevin
+from trajebm.engine.errors import UsageError
+from trajebm.engine.sampling import langevin
 
 
 def tiny(arch: str = "small", **kw) -> ImageEBM:

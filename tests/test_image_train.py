@@ -14,7 +14,7 @@ from imagebm.evaluate import score_samples
 from imagebm.models import ARCHITECTURES
 from imagebm.sample import SampleConfig, sample_images, write_samples
 from imagebm.train import PRESETS, load_image_run, preset, train_images
-from trajebm.errors import UsageError
+from trajebm.engine.errors import UsageError
 
 
 def tiny(steps: int, **overrides):

@@ -12,9 +12,10 @@ import torch
 from _traj_fixtures import small_dataset, tiny_fit, trained
 
 from trajebm.data import TrajectoryDataset
-from trajebm.errors import UsageError
+from trajebm.engine.errors import UsageError
 from trajebm.fit import collapse_message, fit_model, paper_fit_config, training_tensors
 from trajebm.models import MODEL_KINDS, ModelConfig, build_model, load_model
+from trajebm.rollout import predict_rollouts
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,8 @@ def test_save_load_gives_identical_predictions(root, tmp_path, kind):
     loaded = load_model(tmp_path / kind)
     ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
     states, actions = ds.trajectories("test")
-    a = model.predict_rollouts(states[:, :4], actions[:, 3:8], samples=2, seed=7)
-    b = loaded.predict_rollouts(states[:, :4], actions[:, 3:8], samples=2, seed=7)
+    a = predict_rollouts(model, states[:, :4], actions[:, 3:8], samples=2, seed=7)
+    b = predict_rollouts(loaded, states[:, :4], actions[:, 3:8], samples=2, seed=7)
     np.testing.assert_array_equal(a, b)
     assert loaded.meta["state_names"] == ds.metadata["trajebm"]["state_names"]
     assert loaded.meta["dataset_id"] == ds.metadata["dataset_id"]

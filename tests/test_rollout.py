@@ -11,7 +11,7 @@ from _traj_fixtures import small_dataset, trained
 
 from trajebm.cli import main
 from trajebm.data import TrajectoryDataset
-from trajebm.errors import UsageError
+from trajebm.engine.errors import UsageError
 from trajebm.models import ModelConfig, build_model
 from trajebm.rollout import check_layout, goal_energy, predict_rollouts
 

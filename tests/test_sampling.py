@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trajebm.sampling import (
+from trajebm.engine.sampling import (
     LangevinConfig,
     hmc,
     langevin,

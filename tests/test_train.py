@@ -10,9 +10,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from trajebm.buffer import ReplayBuffer, uniform_init
-from trajebm.sampling import LangevinConfig
-from trajebm.train import (
+from trajebm.engine.buffer import ReplayBuffer, uniform_init
+from trajebm.engine.sampling import LangevinConfig
+from trajebm.engine.train import (
     TensorBatches,
     TrainConfig,
     Trainer,

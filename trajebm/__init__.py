@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from trajebm.errors import UsageError
+from trajebm.engine.errors import UsageError
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from trajebm.errors import UsageError
+from trajebm.engine.console import run_command
 
 SUBCOMMAND_MODULES = (
     "trajebm.toy",
@@ -34,18 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(name).add_parser(subparsers)
     return parser
 
-
-def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse ``argv``, run the chosen command, and map :class:`UsageError` to exit status 2."""
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UsageError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from trajebm.errors import UsageError
+from trajebm.engine.errors import UsageError
+from trajebm.engine.runinfo import atomic_write_bytes, write_run_info
 from trajebm.evaluate import EvalConfig, evaluate, markdown_table
 from trajebm.fit import FitConfig, fit_model
 from trajebm.models import MODEL_FILE, ModelConfig
-from trajebm.runinfo import atomic_write_bytes, write_run_info
 
 
 @dataclass

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from trajebm.errors import UsageError
-from trajebm.metrics import frechet_distance_samples
+from trajebm.engine.errors import UsageError
+from trajebm.engine.metrics import frechet_distance_samples
+from trajebm.engine.runinfo import write_json, write_run_info
 from trajebm.models import load_model
 from trajebm.rollout import check_layout, predict_rollouts
-from trajebm.runinfo import write_json, write_run_info
 
 REPORT_STEPS = (10, 50, 96)
 

@@ -20,24 +20,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trajebm.buffer import ReplayBuffer
-from trajebm.errors import UsageError
-from trajebm.models import (
-    MODEL_FILE,
-    ModelConfig,
-    TrajectoryModel,
-    build_model,
-    resolve_device,
-    save_model,
-)
-from trajebm.runinfo import run_folder, write_run_info
-from trajebm.train import (
+from trajebm.engine.buffer import ReplayBuffer
+from trajebm.engine.device import resolve_device
+from trajebm.engine.errors import UsageError
+from trajebm.engine.runinfo import run_folder, write_run_info
+from trajebm.engine.train import (
     TensorBatches,
     TrainConfig,
     Trainer,
     init_distributed,
     seed_everything,
     world,
+)
+from trajebm.models import (
+    MODEL_FILE,
+    ModelConfig,
+    TrajectoryModel,
+    build_model,
+    save_model,
 )
 
 

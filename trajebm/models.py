@@ -13,7 +13,6 @@ carries its normalisation statistics, state names and dataset id, so a saved fil
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,9 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trajebm.errors import UsageError
-from trajebm.runinfo import atomic_write_bytes, jsonable
-from trajebm.sampling import LangevinConfig, langevin
+from trajebm.engine.device import resolve_device
+from trajebm.engine.errors import UsageError
+from trajebm.engine.modelfile import load_model_file, save_model_file
+from trajebm.engine.sampling import LangevinConfig, langevin
 
 MODEL_KINDS = ("ebm", "fc", "ensemble")
 MODEL_FILE = "model.pt"
@@ -71,16 +71,6 @@ class ModelConfig:
         """Width of the flattened condition: k context states, then the action if any."""
         return self.context * self.state_dim + (self.action_dim if self.conditional else 0)
 
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a torch device, with a clear error when CUDA is asked for but absent."""
-    try:
-        device = torch.device(device or "cpu")
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r}; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("CUDA is not available on this machine; use --device cpu")
-    return device
 
 
 def mlp(inputs: int, outputs: int, hidden: int, layers: int, spectral: bool = False
@@ -141,12 +131,6 @@ class TrajectoryModel(nn.Module):
                 members: Tensor | None = None) -> Tensor:
         """One sampled z-scored next state per condition row."""
         raise NotImplementedError
-
-    def predict_rollouts(self, context: Any, actions: Any = None, **kwargs: Any) -> Any:
-        """Method form of :func:`trajebm.rollout.predict_rollouts`."""
-        from trajebm.rollout import predict_rollouts
-
-        return predict_rollouts(self, context, actions, **kwargs)
 
 
 class TrajectoryEBM(TrajectoryModel):
@@ -263,14 +247,7 @@ def build_model(config: ModelConfig, state_mean: np.ndarray | None = None,
 
 def save_model(model: TrajectoryModel, path: str | os.PathLike) -> Path:
     """Write weights, config, statistics and provenance to one file (atomically)."""
-    path = Path(path)
-    record = {"format": FORMAT, "version": 1, "config": jsonable(model.config),
-              "meta": jsonable(model.meta),
-              "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    buf = io.BytesIO()
-    torch.save(record, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_model_file(path, FORMAT, model.config, model.state_dict(), meta=model.meta)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrajectoryModel:
@@ -278,14 +255,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{path}: no such model file (train one with `trajebm train`)")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UsageError(f"{path}: not a readable trajebm model ({type(err).__name__})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise UsageError(f"{path}: not a trajebm trajectory model")
+    record = load_model_file(path, FORMAT, "trajebm trajectory model")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     config = ModelConfig(**{k: v for k, v in record["config"].items() if k in fields})
     model = build_model(config, meta=record["meta"])

@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from trajebm.errors import UsageError
-from trajebm.models import ExtraEnergy, TrajectoryModel, load_model, resolve_device
-from trajebm.runinfo import atomic_write_bytes
+from trajebm.engine.device import resolve_device
+from trajebm.engine.errors import UsageError
+from trajebm.engine.runinfo import atomic_write_bytes
+from trajebm.models import ExtraEnergy, TrajectoryModel, load_model
 
 
 def _tensor(value: Any, name: str, device: torch.device) -> Tensor:

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trajebm.buffer import ReplayBuffer, uniform_init
-from trajebm.errors import UsageError
-from trajebm.metrics import energy_distance
-from trajebm.runinfo import write_json, write_run_info
-from trajebm.sampling import LangevinConfig, langevin
-from trajebm.train import TensorBatches, TrainConfig, Trainer
+from trajebm.engine.buffer import ReplayBuffer, uniform_init
+from trajebm.engine.errors import UsageError
+from trajebm.engine.metrics import energy_distance
+from trajebm.engine.runinfo import write_json, write_run_info
+from trajebm.engine.sampling import LangevinConfig, langevin
+from trajebm.engine.train import TensorBatches, TrainConfig, Trainer
 
 EIGHT_GAUSSIANS_RADIUS = 2.0 * np.sqrt(2.0)
 EIGHT_GAUSSIANS_STD = 0.5 / np.sqrt(2.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import platform
@@ -13,6 +14,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import torch
 
 TRACKED_PACKAGES = (
     "trajebm", "torch", "numpy", "scipy", "h5py", "gymnasium", "gymnasium-robotics", "mujoco",
@@ -98,6 +101,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically (temp file, fsync, rename): never half-written."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a directory entry to disk, so a rename inside it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
@@ -112,7 +123,7 @@ def run_folder(out_dir: str | os.PathLike, done_file: str, resume: bool = False)
 
     The check that keeps a new run from overwriting a finished one; ``resume`` allows it.
     """
-    from trajebm.errors import UsageError
+    from trajebm.engine.errors import UsageError
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -12,7 +12,6 @@ keeps its own buffer and gradients are averaged.
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 import random
@@ -28,9 +27,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from trajebm.buffer import ReplayBuffer
-from trajebm.runinfo import atomic_write_bytes
-from trajebm.sampling import LangevinConfig, langevin
+from trajebm.engine.buffer import ReplayBuffer
+from trajebm.engine.runinfo import atomic_torch_save
+from trajebm.engine.sampling import LangevinConfig, langevin
 
 Batch = tuple[Tensor, "Tensor | None"]
 LossFn = Callable[[Tensor, "Tensor | None"], Tensor]
@@ -278,10 +277,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Atomically write the current state to :attr:`checkpoint_path`."""
-        buf = io.BytesIO()
-        torch.save(self.state_dict(), buf)
-        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
-        return self.checkpoint_path
+        return atomic_torch_save(self.state_dict(), self.checkpoint_path)
 
     def save_snapshot(self) -> Path:
         """Write the weights alone to ``snapshots/step{N}.pt``; keep the newest ``snapshot_keep``.
@@ -291,10 +287,7 @@ class Trainer:
         """
         folder = self.out_dir / "snapshots"
         folder.mkdir(exist_ok=True)
-        buf = io.BytesIO()
-        torch.save(self.model.state_dict(), buf)
-        path = folder / f"step{self.step:08d}.pt"
-        atomic_write_bytes(path, buf.getvalue())
+        path = atomic_torch_save(self.model.state_dict(), folder / f"step{self.step:08d}.pt")
         for old in snapshot_paths(self.out_dir)[: -self.config.snapshot_keep]:
             old.unlink()
         return path

@@ -8,13 +8,13 @@ Subcommands: ``train`` (:func:`imagebm.train.train_images`), ``sample``
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from imagebm import download, evaluate, sample, train
 from trajebm.engine.console import run_command
 
-SUBCOMMAND_MODULES = ("imagebm.train", "imagebm.sample", "imagebm.evaluate", "imagebm.download")
+SUBCOMMANDS = (train, sample, evaluate, download)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Image EBMs of Du & Mordatch (2019) on trajebm's sampler and trainer.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).add_parser(subparsers)
+    for module in SUBCOMMANDS:
+        module.add_parser(subparsers)
     return parser
 
 

@@ -302,7 +302,7 @@ def _read_mnist(root: Path, split: str, opts: _Options) -> ImageData:
 
 
 def _read_svhn(root: Path, split: str, opts: _Options) -> ImageData:
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # lazy: scipy.io is needed for SVHN only
     from scipy.io.matlab import MatReadError
 
     path = next(iter(_require(DATASETS["svhn"], root, split).values()))
@@ -380,7 +380,7 @@ def _dtd_split(folder: Path, files: list[Path], split: str) -> list[Path]:
 
 def _decode_square(path: Path, size: int) -> np.ndarray:
     """An image file as uint8 (3, size, size): center-cropped to a square and area-resized."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # lazy: PIL decodes DTD and ImageNet only
 
     try:
         with Image.open(path) as img:
@@ -464,7 +464,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     if path.is_file():
         table = np.loadtxt(path, delimiter=",")
         return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: importing scikit-learn takes seconds
 
     digits = load_digits()
     return digits.images, digits.target.astype(np.int64)

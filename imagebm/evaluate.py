@@ -20,6 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from imagebm.datasets import dataset_spec, default_root, load_dataset
+from imagebm.metrics import (
+    DomainClassifier,
+    domain_scores,
+    image_scores,
+    load_inception,
+    train_domain_classifier,
+)
 from imagebm.train import ImageTrainConfig, load_image_run
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import write_json
@@ -30,8 +38,6 @@ CLASSIFIER_FACTOR = "shape"
 
 def _split(cfg: ImageTrainConfig, data_root: str | os.PathLike | None, split: str,
            limit: int | None, seed: int, label_factor: str | None) -> Any:
-    from imagebm.datasets import dataset_spec, load_dataset
-
     if split not in dataset_spec(cfg.dataset).splits:
         split, seed = "train", seed + 1
     return load_dataset(cfg.dataset, data_root, split, image_size=cfg.image_size, limit=limit,
@@ -46,11 +52,9 @@ def classifier_factor(cfg: ImageTrainConfig) -> str | None:
 
 
 def domain_classifier(cfg: ImageTrainConfig, data_root: str | os.PathLike | None = None,
-                      cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Any:
+                      cache_dir: str | os.PathLike | None = None,
+                      progress: bool = True) -> DomainClassifier:
     """The dataset's domain classifier: loaded from the cache, or trained once and cached."""
-    from imagebm.datasets import default_root
-    from imagebm.metrics import DomainClassifier, train_domain_classifier
-
     factor = classifier_factor(cfg)
     size = cfg.model.image_size
     cache = Path(cache_dir) if cache_dir is not None else default_root() / "classifiers"
@@ -92,8 +96,6 @@ def score_samples(samples: np.ndarray | torch.Tensor, cfg: ImageTrainConfig, *,
                   cache_dir: str | os.PathLike | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Scores of ``samples`` vs held-out data of ``cfg``'s dataset, with the held-out floor."""
-    from imagebm.metrics import domain_scores, image_scores, load_inception
-
     x = torch.as_tensor(np.asarray(samples, dtype=np.float32))
     expected = (cfg.model.channels, cfg.model.image_size, cfg.model.image_size)
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:

@@ -42,7 +42,8 @@ from torch import Tensor, nn
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
 from trajebm.engine.metrics import frechet_distance, gaussian_stats
-from trajebm.engine.runinfo import atomic_write_bytes, jsonable
+from trajebm.engine.modelfile import load_model_file, save_model_file
+from trajebm.engine.runinfo import atomic_write_bytes
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = (
@@ -501,31 +502,17 @@ class DomainClassifier(nn.Module):
         return self.head(self.features(x))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write config and weights to one file (atomically)."""
-        record = {"format": CLASSIFIER_FORMAT, "version": 1, "config": jsonable(self.config),
-                  "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
-        buf = io.BytesIO()
-        torch.save(record, buf)
-        atomic_write_bytes(path, buf.getvalue())
-        return Path(path)
+        """Write config and weights to one model file (atomically; loads with weights_only)."""
+        return save_model_file(path, CLASSIFIER_FORMAT, self.config, self.state_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike,
              device: str | torch.device = "cpu") -> DomainClassifier:
         """A classifier written by ``save``, in eval mode on ``device``."""
-        path = Path(path)
-        if not path.is_file():
-            raise UsageError(f"{path}: no such domain-classifier file")
-        try:
-            record = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-            raise UsageError(f"{path}: not a readable domain classifier "
-                             f"({type(err).__name__})") from None
-        if not isinstance(record, dict) or record.get("format") != CLASSIFIER_FORMAT:
-            raise UsageError(f"{path}: not an imagebm domain classifier")
-        fields = {f.name for f in dataclasses.fields(DomainClassifierConfig)}
+        record = load_model_file(path, CLASSIFIER_FORMAT, "domain classifier")
+        names = {f.name for f in dataclasses.fields(DomainClassifierConfig)}
         config = DomainClassifierConfig(**{k: v for k, v in record["config"].items()
-                                           if k in fields})
+                                           if k in names})
         config.image_shape = tuple(config.image_shape)
         model = cls(config)
         model.load_state_dict(record["state_dict"])

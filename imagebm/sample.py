@@ -5,25 +5,41 @@ PAPER.md §1: the chains are a buffer run in short chunks (20 Langevin steps, gr
 successive weight snapshots of the run (a historical ensemble). ``imagebm sample --run RUN
 --num N --out DIR`` writes ``samples.npy`` (N, C, H, W) in [0, 1], ``samples.png`` (a grid),
 ``labels.npy`` for conditional runs, ``run.json`` and optionally ``chain.gif``.
+
+Chains run with every model in eval mode, as the engine's Trainer runs its training chains:
+dropout is off and spectral-norm power iterations are frozen, so a chain follows one fixed
+energy and the seed alone decides the samples. Train mode is only for the loss's forward pass.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from imagebm.grid import save_gif, save_grid, tile
 from imagebm.models import ImageEBM, build_model
-from imagebm.train import ImageRun, chain_init, load_image_run
+from imagebm.train import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    ImageRun,
+    chain_init,
+    load_image_run,
+    load_weights,
+    read_checkpoint,
+)
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
-from trajebm.engine.runinfo import write_run_info
+from trajebm.engine.runinfo import atomic_write_bytes, write_run_info
 from trajebm.engine.sampling import langevin
 from trajebm.engine.train import snapshot_paths
 
@@ -65,50 +81,35 @@ class SampleConfig:
             raise UsageError(f"temperature must be positive, got {self.temperature}")
 
 
-def save_grid(images: Tensor | np.ndarray, path: str | os.PathLike, nrow: int | None = None,
-              scale: int = 0) -> np.ndarray:
-    """Tile images (N, C, H, W) in [0, 1] into one PNG (1-pixel gaps); return the grid array.
-
-    ``scale`` repeats pixels so tiny images (8x8 digits) stay visible; 0 picks it so the grid
-    is at least ~512 pixels wide.
-    """
-    import imageio.v3 as iio
-
-    grid = tile(images, nrow, scale)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, grid)
-    return grid
-
-
-def tile(images: Tensor | np.ndarray, nrow: int | None = None, scale: int = 0) -> np.ndarray:
-    """The uint8 (H, W, 3) grid of :func:`save_grid`."""
-    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise UsageError(f"images must be (N, 1|3, H, W), got {tuple(x.shape)}")
-    n, c, h, w = x.shape
-    nrow = nrow or int(np.ceil(np.sqrt(n)))
-    ncol = int(np.ceil(n / nrow))
-    scale = scale or max(1, 512 // (nrow * (w + 1)))
-    x = x.clamp(0, 1).expand(n, 3, h, w)
-    grid = torch.ones(3, ncol * (h + 1) + 1, nrow * (w + 1) + 1)
-    for i in range(n):
-        r, q = divmod(i, nrow)
-        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
-    grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+def _load_snapshot(path: Path) -> dict[str, Tensor]:
+    """A snapshot's weights (``Trainer.save_snapshot``), or a one-line UsageError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UsageError(f"{path}: not a readable weight snapshot ({type(err).__name__})"
+                         ) from None
 
 
 def ensemble_models(run: ImageRun, size: int, device: torch.device) -> list[ImageEBM]:
-    """The newest ``size`` snapshots of the run (or its final weights when it has none)."""
+    """The newest ``size`` snapshots of the run in eval mode (or its model when it has none)."""
     paths = snapshot_paths(run.path)[-size:] if size > 1 else []
     if not paths:
         return [run.model.to(device)]
-    models = []
-    for path in paths:
-        model = build_model(run.model.config)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        models.append(model.to(device).eval())
-    return models
+    return [load_weights(build_model(run.model.config), _load_snapshot(path), path)
+            .to(device).eval() for path in paths]
+
+
+@contextmanager
+def eval_mode(models: Sequence[nn.Module]) -> Iterator[None]:
+    """Run the block with ``models`` in eval mode; give each its own mode back after."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
 
 
 def class_labels(run: ImageRun, num: int, labels: list[int] | None) -> Tensor | None:
@@ -128,10 +129,10 @@ def class_labels(run: ImageRun, num: int, labels: list[int] | None) -> Tensor | 
 
 def buffer_chains(run: ImageRun, num: int) -> tuple[Tensor, Tensor | None]:
     """The newest ``num`` samples (in [0, 1]) and labels of the run's saved replay buffer."""
-    path = run.path / "checkpoint.pt"
+    path = run.path / CHECKPOINT_FILE
     if not path.exists():
         raise UsageError(f"{path} is missing: the replay buffer lives in the run's checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=False)["buffer"]
+    state = read_checkpoint(path)["buffer"]
     if state["size"] < num:
         raise UsageError(f"the run's replay buffer holds {state['size']} samples, "
                          f"fewer than --num {num}")
@@ -143,7 +144,10 @@ def buffer_chains(run: ImageRun, num: int) -> tuple[Tensor, Tensor | None]:
 def sample_images(run: ImageRun | str | os.PathLike, config: SampleConfig | None = None,
                   device: str | torch.device | None = None,
                   progress: bool = True) -> tuple[Tensor, Tensor | None, list[np.ndarray]]:
-    """Sample ``config.num`` images; return (images in [0, 1], labels or None, GIF frames)."""
+    """Sample ``config.num`` images; return (images in [0, 1], labels or None, GIF frames).
+
+    The models sample in eval mode (see the module docstring) and get their own mode back.
+    """
     cfg = config or SampleConfig()
     device = resolve_device(device)
     run = run if isinstance(run, ImageRun) else load_image_run(run, device)
@@ -152,8 +156,8 @@ def sample_images(run: ImageRun | str | os.PathLike, config: SampleConfig | None
         None, class_labels(run, cfg.num, cfg.labels))
     models = ensemble_models(run, cfg.ensemble, device)
     clip = rc.eval_grad_clip if cfg.grad_clip is None else cfg.grad_clip
-    sampler = replace(rc.sampler, steps=cfg.chunk_steps or rc.eval_chunk_steps, grad_clip=clip,
-                      temperature=cfg.temperature, bounds=(0.0, 1.0))
+    sampler = replace(rc.train.sampler, steps=cfg.chunk_steps or rc.eval_chunk_steps,
+                      grad_clip=clip, temperature=cfg.temperature, bounds=(0.0, 1.0))
     reinit = rc.eval_reinit if cfg.reinit is None else cfg.reinit
     shape = (run.model.config.channels, run.model.config.image_size, run.model.config.image_size)
     init = chain_init(rc.init, shape)
@@ -163,31 +167,42 @@ def sample_images(run: ImageRun | str | os.PathLike, config: SampleConfig | None
         x = init(cfg.num, None, generator)
     y = None if labels is None else labels.to(device)
     frames = []
-    for chunk in tqdm(range(cfg.chunks), desc="sample", unit="chunk", disable=not progress):
-        model = models[chunk % len(models)]
-        x = langevin(model, x.to(device), y, sampler).detach().cpu()
-        if cfg.gif_frames:
-            frames.append(tile(x[: cfg.gif_frames]))
-        if reinit > 0 and chunk < cfg.chunks - 1:
-            fresh = torch.rand(cfg.num, generator=generator) < reinit
-            if fresh.any():
-                x[fresh] = init(int(fresh.sum()), None, generator)
+    with eval_mode(models):
+        for chunk in tqdm(range(cfg.chunks), desc="sample", unit="chunk",
+                          disable=not progress):
+            model = models[chunk % len(models)]
+            x = langevin(model, x.to(device), y, sampler).detach().cpu()
+            if cfg.gif_frames:
+                frames.append(tile(x[: cfg.gif_frames]))
+            if reinit > 0 and chunk < cfg.chunks - 1:
+                fresh = torch.rand(cfg.num, generator=generator) < reinit
+                if fresh.any():
+                    x[fresh] = init(int(fresh.sum()), None, generator)
     return x, labels, frames
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_samples(out_dir: str | os.PathLike, images: Tensor, labels: Tensor | None,
                   frames: list[np.ndarray]) -> Path:
-    """Save ``samples.npy``, ``samples.png``, ``labels.npy`` and ``chain.gif`` into out_dir."""
-    import imageio.v3 as iio
+    """Save ``samples.npy``, ``samples.png``, ``labels.npy`` and ``chain.gif`` into out_dir.
 
+    Each file is replaced atomically; an older ``labels.npy`` goes first, so that however the
+    writing ends, ``imagebm score`` never pairs these samples with another sampling's labels.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "samples.npy", images.numpy().astype(np.float32))
+    (out / "labels.npy").unlink(missing_ok=True)
+    _save_npy(out / "samples.npy", images.numpy().astype(np.float32))
     if labels is not None:
-        np.save(out / "labels.npy", labels.numpy())
+        _save_npy(out / "labels.npy", labels.numpy())
     save_grid(images[:256], out / "samples.png")
     if frames:
-        iio.imwrite(out / "chain.gif", np.stack(frames), duration=200, loop=0)
+        save_gif(frames, out / "chain.gif")
     return out
 
 
@@ -199,6 +214,10 @@ def run_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory")
+    if (out / MODEL_FILE).exists() or (out / CHECKPOINT_FILE).exists():
+        raise UsageError(f"{out} is a training run's folder (its run.json would be "
+                         f"overwritten); write the samples to a subfolder such as "
+                         f"{out / 'samples'}")
     images, labels, frames = sample_images(args.run, cfg, args.device, progress=not args.quiet)
     write_samples(out, images, labels, frames)
     write_run_info(out, cfg, cfg.seed, run=str(args.run))

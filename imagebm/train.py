@@ -3,43 +3,55 @@
 Several processes or GPUs: ``torchrun --nproc_per_node N $(which imagebm) train ...``; every
 rank keeps its own replay buffer and data order, gradients are averaged (``trajebm.engine.train``).
 
-A run is described by one :class:`ImageTrainConfig`; :data:`PRESETS` holds the paper's settings
-(PAPER.md §1) and small CPU settings. ``imagebm train --preset NAME --out RUN`` calls
-:func:`train_images`, which writes ``run.json``, ``checkpoint.pt`` (exact resume),
-``metrics.csv``, ``snapshots/`` (weights for the historical ensemble), ``model.pt`` (final
-weights + config) and ``buffer.png`` (a grid of the latest replay-buffer samples).
+A run is described by one :class:`ImageTrainConfig`: the engine's :class:`TrainConfig` (steps,
+optimiser, Langevin sampler, seed, checkpoints, snapshots, logging) under ``train``, plus what
+only images need. :data:`PRESETS` holds the paper's settings (PAPER.md §1) and small CPU
+settings. ``imagebm train --preset NAME --out RUN`` calls :func:`train_images`, which writes
+``run.json``, ``checkpoint.pt`` (exact resume), ``metrics.csv``, ``snapshots/`` (weights for the
+historical ensemble), ``model.pt`` (final weights + config, in the engine's model-file format)
+and ``buffer.png`` (a grid of the latest replay-buffer samples).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import io
+import copy
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from imagebm.datasets import ImageData, load_dataset
+from imagebm.grid import save_grid
 from imagebm.models import ImageEBM, ImageEBMConfig, build_model
 from trajebm.engine.buffer import NoiseInit, ReplayBuffer, uniform_init
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
-from trajebm.engine.runinfo import atomic_write_bytes, run_folder, write_run_info
+from trajebm.engine.modelfile import load_model_file, save_model_file
+from trajebm.engine.runinfo import run_folder, write_run_info
 from trajebm.engine.sampling import LangevinConfig
 from trajebm.engine.train import TensorBatches, TrainConfig, Trainer, init_distributed, world
 
 MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FORMAT = "imagebm-model"
 INITS = ("uniform", "dsprites")
+
+
+def image_training(**overrides: Any) -> TrainConfig:
+    """The engine's TrainConfig with image-run defaults: long runs, snapshots every 300 steps."""
+    return TrainConfig(**{"steps": 100_000, "snapshot_every": 300, "checkpoint_every": 500,
+                          **overrides})
 
 
 @dataclass
 class ImageTrainConfig:
-    """Everything a run needs: data, architecture, sampler, optimiser, evaluation sampler.
+    """A run: the trainer's settings (``train``) plus data, architecture, buffer, eval sampler.
 
     ``init`` is where fresh chains start: ``uniform`` U(0, 1) (natural images), or ``dsprites``
     0.5 + 0.5 N(0, 1) clamped to [0, 1] (PAPER.md §1). The ``eval_*`` fields are the paper's
@@ -53,32 +65,23 @@ class ImageTrainConfig:
     conditional: bool = False
     model: ImageEBMConfig = field(default_factory=ImageEBMConfig)
     batch_size: int = 128
-    steps: int = 100_000
-    lr: float = 3e-4
-    warmup_steps: int = 0
-    alpha: float = 1.0
-    sampler: LangevinConfig = field(default_factory=LangevinConfig)
     buffer_size: int = 10_000
     replay_prob: float = 0.95
     init: str = "uniform"
-    snapshot_every: int = 300
-    snapshot_keep: int = 10
-    checkpoint_every: int = 500
-    log_every: int = 10
     eval_chunk_steps: int = 20
     eval_grad_clip: float | None = 0.05
     eval_reinit: float = 0.01
-    seed: int = 0
+    train: TrainConfig = field(default_factory=image_training)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ImageEBMConfig(**self.model)
-        if isinstance(self.sampler, dict):
-            self.sampler = LangevinConfig(**self.sampler)
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
         if self.init not in INITS:
             raise UsageError(f"init must be one of {', '.join(INITS)}, not {self.init!r}")
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.buffer_size < 1:
-            raise UsageError("steps must be >= 0; batch_size, buffer_size and lr positive")
+        if self.batch_size < 1 or self.buffer_size < 1 or self.train.lr <= 0:
+            raise UsageError("batch_size, buffer_size and lr must be positive")
         if not 0.0 <= self.eval_reinit <= 1.0:
             raise UsageError(f"eval_reinit must be in [0, 1], got {self.eval_reinit}")
 
@@ -89,57 +92,74 @@ def _cifar_sampler(**kw: Any) -> LangevinConfig:
                              **kw})
 
 
+def _paper(**sampler: Any) -> TrainConfig:
+    """Image-run training with PAPER.md §1 chains, ``sampler`` changing some of their settings."""
+    return image_training(sampler=_cifar_sampler(**sampler))
+
+
 PRESETS: dict[str, ImageTrainConfig] = {
     "cifar10-uncond": ImageTrainConfig(
         dataset="cifar10", model=ImageEBMConfig(arch="resnet32large", image_size=32, channels=3,
                                                 dropout=0.5),
-        sampler=_cifar_sampler()),
+        train=_paper()),
     "cifar10-cond": ImageTrainConfig(
         dataset="cifar10", conditional=True,
-        model=ImageEBMConfig(arch="resnet32", image_size=32, channels=3),
-        sampler=_cifar_sampler()),
+        model=ImageEBMConfig(arch="resnet32", image_size=32, channels=3), train=_paper()),
     "imagenet32-cond": ImageTrainConfig(
         dataset="imagenet32", conditional=True, batch_size=32,
-        model=ImageEBMConfig(arch="resnet32wider", image_size=32, channels=3),
-        sampler=_cifar_sampler()),
+        model=ImageEBMConfig(arch="resnet32wider", image_size=32, channels=3), train=_paper()),
     "imagenet128-cond": ImageTrainConfig(
         dataset="imagenet", conditional=True, batch_size=16,
         model=ImageEBMConfig(arch="resnet128", image_size=128, channels=3, activation="swish"),
-        sampler=_cifar_sampler(steps=50, step_size=100.0, grad_clip=None)),
+        train=_paper(steps=50, step_size=100.0, grad_clip=None)),
     "mnist": ImageTrainConfig(
         dataset="mnist", conditional=True,
-        model=ImageEBMConfig(arch="small", image_size=28, channels=1),
-        sampler=_cifar_sampler()),
+        model=ImageEBMConfig(arch="small", image_size=28, channels=1), train=_paper()),
     **{f"dsprites-{factor}": ImageTrainConfig(
         dataset="dsprites", label_factor=factor, conditional=True, init="dsprites",
         model=ImageEBMConfig(arch="dsprites", image_size=64, channels=1),
-        sampler=_cifar_sampler(steps=20, step_size=500.0))
+        train=_paper(steps=20, step_size=500.0))
         for factor in ("shape", "scale", "orientation", "x", "y")},
     "digits": ImageTrainConfig(
-        dataset="digits", conditional=True, steps=1500, batch_size=128, lr=1e-3,
+        dataset="digits", conditional=True, batch_size=128,
         model=ImageEBMConfig(arch="small", image_size=8, channels=1, width=16),
-        sampler=_cifar_sampler(steps=15), snapshot_every=100, checkpoint_every=250),
+        train=image_training(steps=1500, lr=1e-3, sampler=_cifar_sampler(steps=15),
+                             snapshot_every=100, checkpoint_every=250)),
     "dsprites-16": ImageTrainConfig(
         dataset="dsprites-procedural", image_size=16, label_factor="shape", limit=20_000,
-        conditional=True, steps=1000, lr=1e-3, init="dsprites",
+        conditional=True, init="dsprites",
         model=ImageEBMConfig(arch="dsprites", image_size=16, channels=1, width=16),
-        sampler=_cifar_sampler(steps=20, step_size=500.0), snapshot_every=100,
-        checkpoint_every=250),
+        train=image_training(steps=1000, lr=1e-3, sampler=_cifar_sampler(steps=20,
+                                                                         step_size=500.0),
+                             snapshot_every=100, checkpoint_every=250)),
 }
 """Named settings. The paper's (PAPER.md §1) need a GPU and the dataset files; ``digits`` and
 ``dsprites-16`` are sized for a 2-core CPU (see README for their measured time and quality)."""
 
+IMAGE_FIELDS = frozenset(f.name for f in fields(ImageTrainConfig))
+TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
+
 
 def preset(name: str, **overrides: Any) -> ImageTrainConfig:
-    """A copy of the named preset with ``overrides`` applied (unknown names are errors)."""
+    """A copy of the named preset with ``overrides`` applied; unknown names are errors.
+
+    An override names a field of :class:`ImageTrainConfig` (``train`` replaces the trainer's
+    settings whole) or of the engine's :class:`TrainConfig` (``steps``, ``lr``, ``sampler``,
+    ``seed``, ...), which goes into ``train``.
+    """
     if name not in PRESETS:
         raise UsageError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    cfg = PRESETS[name]
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    unknown = set(overrides) - fields
+    unknown = set(overrides) - IMAGE_FIELDS - TRAIN_FIELDS
     if unknown:
         raise UsageError(f"unknown setting(s) {', '.join(sorted(unknown))} for a preset")
-    return replace(cfg, **overrides)
+    cfg = copy.deepcopy(PRESETS[name])
+    image = {k: v for k, v in overrides.items() if k in IMAGE_FIELDS}
+    train = {k: v for k, v in overrides.items() if k in TRAIN_FIELDS}
+    base = image.pop("train", cfg.train)
+    try:
+        return replace(cfg, **image, train=replace(base, **train))
+    except ValueError as err:  # the engine's configs check their own values
+        raise UsageError(str(err)) from None
 
 
 def chain_init(kind: str, shape: tuple[int, ...]) -> NoiseInit:
@@ -154,12 +174,10 @@ def chain_init(kind: str, shape: tuple[int, ...]) -> NoiseInit:
 
 
 def load_training_data(cfg: ImageTrainConfig, data_root: str | os.PathLike | None,
-                       split: str = "train") -> Any:
-    """The run's dataset split as :class:`imagebm.datasets.ImageData`, checked against the model."""
-    from imagebm.datasets import load_dataset
-
+                       split: str = "train") -> ImageData:
+    """The run's dataset split, checked against the model's image shape and labels."""
     data = load_dataset(cfg.dataset, data_root, split, image_size=cfg.image_size,
-                        limit=cfg.limit, seed=cfg.seed, label_factor=cfg.label_factor)
+                        limit=cfg.limit, seed=cfg.train.seed, label_factor=cfg.label_factor)
     _, c, h, w = data.images.shape
     m = cfg.model
     if (c, h, w) != (m.channels, m.image_size, m.image_size):
@@ -185,33 +203,37 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | os.PathLike,
                  data_root: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, resume: bool = False,
                  progress: bool = True) -> ImageEBM:
-    """Train an image EBM per ``cfg`` into ``out_dir``; return the trained model (eval mode)."""
+    """Train an image EBM per ``cfg`` into ``out_dir``; return the trained model (eval mode).
+
+    A folder holding an unfinished run (a checkpoint but no model) is only continued with
+    ``resume``: starting afresh there would overwrite its checkpoint and mix its snapshots in.
+    """
     device = init_distributed(resolve_device(device))
     rank, _ = world()
     out = run_folder(out_dir, MODEL_FILE, resume)
+    if not resume and (out / CHECKPOINT_FILE).exists():
+        raise UsageError(f"{out} holds an unfinished run ({CHECKPOINT_FILE}); pass --resume to "
+                         f"continue it, or choose another --out")
+    seed = cfg.train.seed
     data = load_training_data(cfg, data_root)
     mcfg = model_config(cfg, data.num_classes)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     model = build_model(mcfg)
     shape = tuple(data.images.shape[1:])
     labels = data.labels if cfg.conditional else None
-    batches = TensorBatches(data.images, labels, cfg.batch_size, seed=cfg.seed + rank,
+    batches = TensorBatches(data.images, labels, cfg.batch_size, seed=seed + rank,
                             transform=_to_unit)
     buffer = ReplayBuffer(cfg.buffer_size, shape, chain_init(cfg.init, shape),
                           cond_shape=() if labels is not None else None,
                           cond_dtype=torch.int64, dtype=torch.uint8,
-                          replay_prob=cfg.replay_prob, seed=cfg.seed)
-    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                       alpha=cfg.alpha, sampler=cfg.sampler, seed=cfg.seed,
-                       checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                       snapshot_every=cfg.snapshot_every, snapshot_keep=cfg.snapshot_keep,
-                       progress=progress)
+                          replay_prob=cfg.replay_prob, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     dataset = {"name": data.name, "train_images": len(data.images),
                "num_classes": data.num_classes, "class_names": data.class_names}
     if rank == 0:
-        write_run_info(out, cfg, cfg.seed, model=mcfg, dataset=dataset, device=str(device),
+        write_run_info(out, cfg, seed, model=mcfg, dataset=dataset, device=str(device),
                        data_root=data_root)
+    tcfg = replace(cfg.train, progress=cfg.train.progress and progress)
     trainer = Trainer(model, batches, buffer, tcfg, out, device)
     t0 = time.perf_counter()
     summary = trainer.fit(resume=resume)
@@ -221,21 +243,16 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | os.PathLike,
     save_image_model(model, cfg, dataset, out / MODEL_FILE,
                      train_seconds=round(time.perf_counter() - t0, 1), summary=summary)
     if len(buffer):
-        from imagebm.sample import save_grid
-
         newest = (buffer.pos - torch.arange(1, min(64, len(buffer)) + 1)) % len(buffer)
         save_grid(buffer.data[newest].float() / 255.0, out / "buffer.png")
     return model
 
 
 def save_image_model(model: ImageEBM, cfg: ImageTrainConfig, dataset: dict[str, Any],
-                     path: str | os.PathLike, **meta: Any) -> None:
-    """Write weights, the run config and dataset facts to one file (see :func:`load_image_run`)."""
-    buf = io.BytesIO()
-    torch.save({"format": "imagebm-model", "config": dataclasses.asdict(cfg),
-                "model_config": dataclasses.asdict(model.config), "dataset": dataset,
-                "state_dict": model.state_dict(), "meta": meta}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+                     path: str | os.PathLike, **meta: Any) -> Path:
+    """Write weights, the run config and dataset facts to one model file (see load_image_run)."""
+    return save_model_file(path, MODEL_FORMAT, cfg, model.state_dict(),
+                           model_config=model.config, dataset=dataset, meta=meta)
 
 
 @dataclass
@@ -248,30 +265,77 @@ class ImageRun:
     dataset: dict[str, Any]
 
 
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples the configs hold (betas, sampler bounds)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _run_config(record: Any, source: Path) -> ImageTrainConfig:
+    """The :class:`ImageTrainConfig` saved as ``record`` in ``source``; UsageError if unusable."""
+    if not isinstance(record, dict) or not isinstance(record.get("train"), dict):
+        raise UsageError(f"{source}: written by an older imagebm (its config is not split into "
+                         f"image settings and `train`); retrain the run with this version")
+    try:
+        return ImageTrainConfig(**_tuples(record))
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"{source}: unusable run config ({err})") from None
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A trainer checkpoint: model, optimiser, buffer and RNG states; UsageError if unreadable.
+
+    It holds NumPy's RNG state, so it is not loadable with ``weights_only``; only open
+    checkpoints of runs you trust (models go to ``model.pt``, which is).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UsageError(f"{path}: not a readable trainer checkpoint ({type(err).__name__})"
+                         ) from None
+    if not isinstance(state, dict) or not {"model", "buffer"} <= state.keys():
+        raise UsageError(f"{path}: not a trainer checkpoint")
+    return state
+
+
+def load_weights(model: ImageEBM, weights: Any, source: Path) -> ImageEBM:
+    """``model`` with ``weights`` loaded, or a one-line UsageError naming ``source``."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        reason = str(err).splitlines()[0]
+        raise UsageError(f"{source}: weights do not fit the run's model ({reason})") from None
+    return model
+
+
 def load_image_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> ImageRun:
     """Load ``run_dir/model.pt``, or the latest ``checkpoint.pt`` of a run still training."""
     run = Path(run_dir)
-    final, ckpt, info = run / MODEL_FILE, run / "checkpoint.pt", run / "run.json"
+    final, ckpt, info = run / MODEL_FILE, run / CHECKPOINT_FILE, run / "run.json"
     if final.exists():
-        try:
-            state = torch.load(final, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise UsageError(f"{final} is not a readable imagebm model ({err})") from None
-        if not isinstance(state, dict) or state.get("format") != "imagebm-model":
-            raise UsageError(f"{final} is not an imagebm model file")
-        cfg, mcfg = ImageTrainConfig(**state["config"]), ImageEBMConfig(**state["model_config"])
-        weights, dataset = state["state_dict"], state["dataset"]
+        record = load_model_file(final, MODEL_FORMAT, "trained image model")
+        cfg = _run_config(record["config"], final)
+        model_record, weights, source = record.get("model_config"), record["state_dict"], final
     elif ckpt.exists() and info.exists():
-        record = json.loads(info.read_text())
-        cfg, mcfg = ImageTrainConfig(**record["config"]), ImageEBMConfig(**record["model"])
-        weights = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
-        dataset = record["dataset"]
+        try:
+            record = json.loads(info.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UsageError(f"{info}: not a readable run record ({type(err).__name__})"
+                             ) from None
+        cfg = _run_config(record.get("config"), info)
+        model_record, weights, source = record.get("model"), read_checkpoint(ckpt)["model"], ckpt
     else:
-        raise UsageError(f"{run} holds no imagebm run (no {MODEL_FILE}, or checkpoint.pt "
+        raise UsageError(f"{run} holds no imagebm run (no {MODEL_FILE}, or {CHECKPOINT_FILE} "
                          f"with run.json); train one with `imagebm train`")
-    model = build_model(mcfg)
-    model.load_state_dict(weights)
-    return ImageRun(run, cfg, model.to(device).eval(), dataset)
+    try:
+        mcfg = ImageEBMConfig(**model_record)
+    except TypeError as err:
+        raise UsageError(f"{source}: unusable model config ({err})") from None
+    model = load_weights(build_model(mcfg), weights, source)
+    return ImageRun(run, cfg, model.to(device).eval(), record.get("dataset", {}))
 
 
 def run_train(args: argparse.Namespace) -> int:

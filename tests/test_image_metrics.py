@@ -226,7 +226,7 @@ def test_domain_classifier_round_trip(digits, tmp_path):
     with pytest.raises(UsageError, match="takes"):
         loaded.features(torch.rand(2, 1, 16, 16))
     torch.save({"x": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(UsageError, match="not an imagebm domain classifier"):
+    with pytest.raises(UsageError, match="other.pt: not a domain classifier file"):
         M.DomainClassifier.load(tmp_path / "other.pt")
 
 

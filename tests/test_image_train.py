@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -11,17 +14,35 @@ import torch
 from imagebm.cli import main
 from imagebm.datasets import DATASETS, load_dataset
 from imagebm.evaluate import score_samples
-from imagebm.models import ARCHITECTURES
+from imagebm.models import ARCHITECTURES, build_model
 from imagebm.sample import SampleConfig, sample_images, write_samples
-from imagebm.train import PRESETS, load_image_run, preset, train_images
+from imagebm.train import (
+    IMAGE_FIELDS,
+    PRESETS,
+    TRAIN_FIELDS,
+    ImageRun,
+    load_image_run,
+    model_config,
+    preset,
+    train_images,
+)
 from trajebm.engine.errors import UsageError
+from trajebm.engine.train import TrainConfig
 
 
 def tiny(steps: int, **overrides):
     cfg = preset("digits", steps=steps, checkpoint_every=3, snapshot_every=2, snapshot_keep=3,
                  log_every=1, **overrides)
     return replace(cfg, model=replace(cfg.model, width=8),
-                   sampler=replace(cfg.sampler, steps=5))
+                   train=replace(cfg.train, sampler=replace(cfg.train.sampler, steps=5)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished 6-step digits run (not to be modified): its folder, config and model."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    cfg = tiny(6)
+    return out, cfg, train_images(cfg, out, progress=False)
 
 
 def energies(model, images, labels):
@@ -40,15 +61,28 @@ def test_presets_are_consistent():
         preset("digits", learning_rate=1.0)
 
 
+def test_preset_overrides_reach_the_engine_config_inside_the_image_config():
+    assert not IMAGE_FIELDS & TRAIN_FIELDS  # every override has one home
+    cfg = preset("digits", steps=500, batch_size=64, cosine_decay=True, init="dsprites")
+    assert isinstance(cfg.train, TrainConfig)
+    assert (cfg.train.steps, cfg.train.cosine_decay, cfg.batch_size, cfg.init) == (
+        500, True, 64, "dsprites")
+    assert cfg.train.lr == PRESETS["digits"].train.lr == 1e-3
+    cfg.train.lr, cfg.model.width = 1.0, 3  # a copy: the preset itself is untouched
+    assert (PRESETS["digits"].train.lr, PRESETS["digits"].model.width) == (1e-3, 16)
+    whole = preset("digits", train=TrainConfig(steps=7), log_every=2)
+    assert (whole.train.steps, whole.train.log_every) == (7, 2)
+    for bad in ({"steps": -1}, {"lr": 0.0}, {"batch_size": 0}):
+        with pytest.raises(UsageError):
+            preset("digits", **bad)
+
+
 def test_training_lowers_data_energy_relative_to_noise(tmp_path):
     test = load_dataset("digits", split="test")
     x, y = test.float()[:200], test.labels[:200]
     noise = torch.rand_like(x)
     cfg = tiny(80, lr=3e-3)
-    torch.manual_seed(cfg.seed)
-    from imagebm.models import build_model
-    from imagebm.train import model_config
-
+    torch.manual_seed(cfg.train.seed)
     before = build_model(model_config(cfg, 10)).eval()
     gap_before = energies(before, noise, y) - energies(before, x, y)
     model = train_images(cfg, tmp_path / "run", progress=False)
@@ -57,25 +91,53 @@ def test_training_lowers_data_energy_relative_to_noise(tmp_path):
     assert gap_after > 0
 
 
-def test_resumed_image_run_equals_unbroken_run(tmp_path):
-    unbroken = train_images(tiny(6), tmp_path / "a", progress=False)
+def test_resumed_image_run_equals_unbroken_run(tmp_path, trained):
+    a_dir, cfg, unbroken = trained
     train_images(tiny(3), tmp_path / "b", progress=False)
     (tmp_path / "b" / "model.pt").unlink()
+    with pytest.raises(UsageError, match="unfinished run"):  # not overwritten without resume
+        train_images(tiny(6), tmp_path / "b", progress=False)
     resumed = train_images(tiny(6), tmp_path / "b", resume=True, progress=False)
     for a, b in zip(unbroken.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["buffer"]
+    a = torch.load(a_dir / "checkpoint.pt", weights_only=False)["buffer"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["buffer"]
     assert a["data"].dtype == torch.uint8 and torch.equal(a["data"], b["data"])
     assert torch.equal(a["cond"], b["cond"])
     with pytest.raises(UsageError, match="already holds a trained model"):
-        train_images(tiny(6), tmp_path / "a", progress=False)
+        train_images(cfg, a_dir, progress=False)
 
 
-def test_sampling_with_snapshot_ensemble_writes_grid_array_and_gif(tmp_path):
-    train_images(tiny(6), tmp_path / "run", progress=False)
-    run = load_image_run(tmp_path / "run")
-    assert len(list((tmp_path / "run" / "snapshots").glob("*.pt"))) == 3
+def test_run_files_hold_the_composed_config_and_load_back(tmp_path, trained):
+    done, cfg, model = trained
+    record = torch.load(done / "model.pt", weights_only=True)
+    assert record["config"]["train"]["steps"] == 6 and "steps" not in record["config"]
+    info = json.loads((done / "run.json").read_text())
+    assert info["config"]["train"]["sampler"]["steps"] == 5
+    assert load_image_run(done).config == cfg
+    training = tmp_path / "training"  # still training: weights from the checkpoint
+    shutil.copytree(done, training)
+    (training / "model.pt").unlink()
+    run = load_image_run(training)
+    assert run.config == cfg and not run.model.training
+    for a, b in zip(model.state_dict().values(), run.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    (training / "checkpoint.pt").write_bytes(b"half a checkpoint")
+    buffer_start = SampleConfig(start="buffer", num=4, chunks=0)
+    for bad in (lambda: load_image_run(training),
+                lambda: sample_images(run, buffer_start, progress=False)):
+        with pytest.raises(UsageError, match="checkpoint.pt: not a readable trainer checkpoint"):
+            bad()
+    flat = dict(record["config"])  # the layout before the trainer's settings moved to `train`
+    flat.update(flat.pop("train"))
+    torch.save({**record, "config": flat}, training / "model.pt")
+    with pytest.raises(UsageError, match="model.pt: written by an older imagebm"):
+        load_image_run(training)
+
+
+def test_sampling_with_snapshot_ensemble_writes_grid_array_and_gif(tmp_path, trained):
+    run = load_image_run(trained[0])
+    assert len(list((trained[0] / "snapshots").glob("*.pt"))) == 3
     cfg = SampleConfig(num=24, chunks=3, chunk_steps=4, labels=[3, 7], gif_frames=8)
     x, y, frames = sample_images(run, cfg, progress=False)
     assert x.shape == (24, 1, 8, 8) and 0 <= x.min() and x.max() <= 1
@@ -88,6 +150,23 @@ def test_sampling_with_snapshot_ensemble_writes_grid_array_and_gif(tmp_path):
     np.testing.assert_array_equal(np.load(out / "samples.npy"), x.numpy())
     with pytest.raises(UsageError, match="out of range"):
         sample_images(run, SampleConfig(num=4, labels=[10]), progress=False)
+    write_samples(out, x, None, [])  # unlabelled samples must not pair with the old labels
+    assert not (out / "labels.npy").exists()
+
+
+def test_sampling_runs_models_in_eval_mode_and_gives_them_their_mode_back(tmp_path):
+    cfg = tiny(1)
+    torch.manual_seed(0)
+    model = build_model(replace(model_config(cfg, 10), dropout=0.5)).train()
+    frozen = copy.deepcopy(model).eval()
+    u = {n: b.clone() for n, b in model.named_buffers() if n.endswith("_u")}
+    assert u
+    settings = SampleConfig(num=8, chunks=2, chunk_steps=3, reinit=0.0)
+    x, _, _ = sample_images(ImageRun(tmp_path, cfg, model, {}), settings, progress=False)
+    assert model.training
+    assert all(torch.equal(b, u[n]) for n, b in model.named_buffers() if n.endswith("_u"))
+    again, _, _ = sample_images(ImageRun(tmp_path, cfg, frozen, {}), settings, progress=False)
+    assert torch.equal(x, again)  # dropout off: the chains followed one fixed energy
 
 
 def test_domain_scores_separate_data_from_noise(tmp_path):
@@ -112,6 +191,13 @@ def test_cli_train_sample_score_and_errors(tmp_path, capsys, monkeypatch):
     assert main(["sample", "--run", run, "--num", "12", "--chunks", "1", "--chunk-steps", "2",
                  "--out", str(tmp_path / "s"), "--quiet"]) == 0
     assert (tmp_path / "s" / "samples.png").exists()
+    info = (tmp_path / "run" / "run.json").read_text()
+    assert main(["sample", "--run", run, "--num", "4", "--out", run, "--quiet"]) == 2
+    assert "training run's folder" in capsys.readouterr().err
+    assert (tmp_path / "run" / "run.json").read_text() == info
+    assert main(["train", "--preset", "digits", "--steps", "-1", "--out", str(tmp_path / "n"),
+                 "--quiet"]) == 2
+    assert "steps must be >= 0" in capsys.readouterr().err
     assert main(["train", "--preset", "cifar10-cond", "--out", str(tmp_path / "c"),
                  "--quiet"]) == 2
     err = capsys.readouterr().err

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from trajebm.data.collection import CollectConfig, collect
 from trajebm.data.policies import PolicyConfig
-from trajebm.fit import FitConfig, fit_model
+from trajebm.fit import FitConfig, fit_model, trajectory_train_config
 from trajebm.models import ModelConfig, TrajectoryModel, load_model, paper_sampler
 
 SMALL = CollectConfig(episodes=24, length=16, policy=PolicyConfig("scripted", random_every=4),
@@ -25,13 +25,14 @@ def small_dataset(root: Path) -> Path:
 
 def tiny_fit(kind: str, steps: int = 30, conditional: bool = True, sampler_steps: int = 20
              ) -> FitConfig:
-    """A seconds-long training config with a small network."""
+    """A seconds-long training config with a small network (no validation rollouts)."""
     from dataclasses import replace
 
     model = ModelConfig(kind=kind, conditional=conditional, hidden=32, layers=2, members=2,
                         sampler=replace(paper_sampler(), steps=sampler_steps))
-    return FitConfig(model=model, steps=steps, batch_size=64, warmup_steps=5,
-                     checkpoint_every=1000, log_every=10, progress=False)
+    train = trajectory_train_config(steps=steps, warmup_steps=5, checkpoint_every=1000,
+                                    log_every=10, progress=False, validate_every=0)
+    return FitConfig(model=model, train=train, batch_size=64)
 
 
 def trained(root: Path, kind: str, conditional: bool = True, steps: int = 30) -> TrajectoryModel:

@@ -86,3 +86,44 @@ def test_mismatched_inputs_are_rejected():
     other = ReplayBuffer(10, (3,), uniform_init(shape=(3,)))
     with pytest.raises(ValueError, match="capacity"):
         other.load_state_dict(buf.state_dict())
+
+
+def test_conditions_must_match_their_samples():
+    buf = ReplayBuffer(10, (2,), uniform_init(shape=(2,)), cond_shape=(3,), cond_dtype=torch.long)
+    with pytest.raises(ValueError, match=r"shape \(4, \*\(3,\)\)"):
+        buf.push(torch.rand(4, 2), torch.zeros(5, 3, dtype=torch.long))  # rows
+    with pytest.raises(ValueError, match="shape"):
+        buf.push(torch.rand(4, 2), torch.zeros(4, 2, dtype=torch.long))  # per-row shape
+    with pytest.raises(ValueError, match="does not cast safely"):
+        buf.push(torch.rand(4, 2), torch.rand(4, 3))  # float labels into an int64 buffer
+    buf.push(torch.rand(4, 2), torch.zeros(4, 3, dtype=torch.int32))  # widening is fine
+    assert len(buf) == 4
+
+
+def test_load_state_dict_checks_every_field():
+    def conditional(**kwargs):
+        return ReplayBuffer(10, (2,), uniform_init(shape=(2,)), cond_shape=(3,), **kwargs)
+
+    good = conditional()
+    good.push(torch.rand(6, 2), torch.rand(6, 3))
+    bad_cond = {**good.state_dict(), "cond": torch.rand(6, 4)}
+    with pytest.raises(ValueError, match="cond"):
+        conditional().load_state_dict(bad_cond)
+    with pytest.raises(ValueError, match="dtype"):
+        conditional(cond_dtype=torch.float64).load_state_dict(good.state_dict())
+    with pytest.raises(ValueError, match="inconsistent"):
+        conditional().load_state_dict({**good.state_dict(), "size": 8})
+    with pytest.raises(ValueError, match="inconsistent"):
+        conditional().load_state_dict({**good.state_dict(), "pos": 12})
+    restored = conditional()
+    restored.load_state_dict(good.state_dict())
+    assert torch.equal(restored.cond[:6], good.cond[:6])
+
+
+def test_float64_buffer_returns_float64_samples():
+    buf = ReplayBuffer(100, (2,), uniform_init(shape=(2,)), dtype=torch.float64, replay_prob=1.0)
+    x = torch.rand(60, 2, dtype=torch.float64) / 3
+    buf.push(x)
+    out = buf.sample(20)
+    assert out.x.dtype == torch.float64 and out.replayed.all()
+    assert all((row == x).all(1).any() for row in out.x)  # bit-exact rows of what was pushed

@@ -18,7 +18,7 @@ import pytest
 from _hand_fixtures import TINY, tiny_dataset
 
 from trajebm.data import cli as data_cli
-from trajebm.data.collection import CollectConfig, collect
+from trajebm.data.collection import CollectConfig, check_config, collect
 from trajebm.data.policies import PolicyConfig, policy_actions
 from trajebm.engine.console import run_command
 from trajebm.engine.errors import UsageError
@@ -207,7 +207,11 @@ def test_overwrite_replaces_a_dataset(tmp_path):
     assert len(episode_data(tmp_path / "ds")) == 5
 
 
-def test_collect_config_defaults_are_valid():
+def test_collect_defaults_are_valid_even_when_the_core_count_is_unknown(tmp_path, monkeypatch):
     cfg = CollectConfig()
     assert cfg.env_id == "trajebm/ShadowHandBlock-v0" and cfg.length == 100
-    assert os.cpu_count()
+    check_config(cfg)
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # workers=None falls back to 1
+    collect(replace(TINY, episodes=1, length=2), tmp_path / "one", progress=False)
+    with h5py.File(tmp_path / "one" / "data" / "main_data.hdf5", "r") as f:
+        assert list(f) == ["episode_0"]

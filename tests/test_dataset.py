@@ -15,6 +15,7 @@ from _hand_fixtures import TINY, tiny_dataset
 
 from trajebm.data import TrajectoryDataset, dataset_info, render_episode
 from trajebm.data import cli as data_cli
+from trajebm.data.dataset import RELATIVE_FLOOR, NormStats
 from trajebm.engine.console import run_command
 from trajebm.engine.errors import UsageError
 
@@ -56,6 +57,39 @@ def test_split_is_by_trajectory_deterministic_and_90_10(tiny):
     assert any(not np.array_equal(TrajectoryDataset(tiny, seed=s).split_ids["test"], test)
                for s in range(1, 5))
     assert c.trajectories("test")[0].shape == (1, TINY.length + 1, 31)
+
+
+def test_segment_windows_hold_the_next_h_states_and_actions(tiny):
+    ds = TrajectoryDataset(tiny, context=4)
+    states, actions = ds.trajectories("train")
+    w = ds.windows("train", horizon=3)
+    per_episode = TINY.length - 4 - 3 + 2
+    assert w.next_state.shape == (len(states) * per_episode, 3, 31)
+    assert w.action.shape == (len(states) * per_episode, 3, 20)
+    e, t = 1, 5  # window of episode 1 whose context ends at state t
+    row = e * per_episode + (t - 3)
+    np.testing.assert_array_equal(w.context[row], states[e, t - 3 : t + 1])
+    np.testing.assert_array_equal(w.next_state[row], states[e, t + 1 : t + 4])
+    np.testing.assert_array_equal(w.action[row], actions[e, t : t + 3])
+
+
+def test_validation_split_comes_from_train_and_never_moves_the_test_split(tiny):
+    plain = TrajectoryDataset(tiny, test_fraction=0.2, seed=4)
+    with_val = TrajectoryDataset(tiny, test_fraction=0.2, seed=4, val_fraction=0.25)
+    np.testing.assert_array_equal(plain.split_ids["test"], with_val.split_ids["test"])
+    val, train = with_val.split_ids["val"], with_val.split_ids["train"]
+    assert len(val) == 2 and set(val) | set(train) == set(plain.split_ids["train"])
+    assert not set(val) & set(train)
+    assert with_val.split == {"seed": 4, "test_fraction": 0.2, "val_fraction": 0.25}
+
+
+def test_near_constant_dimensions_hit_a_relative_floor():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 4)) * np.array([1.0, 2.0, 1e-7, 0.5])
+    stats = NormStats.of(x)
+    assert stats.floored == (2,)
+    assert stats.std[2] == pytest.approx(RELATIVE_FLOOR * np.median(x.std(0)))
+    assert np.abs(stats.normalize(x)[:, 2]).max() < 1e-3  # not blown up to O(1)
 
 
 def test_normalisation_uses_the_training_split_only(tiny):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
-from _traj_fixtures import small_dataset, trained
+from _traj_fixtures import small_dataset, tiny_fit, trained
 
 from trajebm.cli import main
 from trajebm.data import TrajectoryDataset
+from trajebm.data.collection import CollectConfig, collect
+from trajebm.data.policies import PolicyConfig
 from trajebm.engine.errors import UsageError
 from trajebm.evaluate import (
     EvalConfig,
@@ -19,6 +22,7 @@ from trajebm.evaluate import (
     markdown_table,
     physics_error,
 )
+from trajebm.fit import fit_model
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +66,46 @@ def test_evaluate_writes_metrics_and_plots(root, tmp_path):
     for name, entry in saved["models"].items():
         assert len(entry["fd"]) == 8 and len(entry["mse"]) == 8
         assert np.isfinite(entry["fd"]).all()
+        assert set(entry["fd_groups"]) == {"state", "hand", "object"}
         assert (entry["physics_error"] is None) == (name == "ebm-uncond")
+        assert entry["samples"] == (1 if name == "fc" else 3)  # copies are not samples
     assert saved["physics_error_truth"] >= 0
     assert (tmp_path / "rep" / "fd.png").stat().st_size > 0
     assert (tmp_path / "rep" / "coordinates.png").stat().st_size > 0
     table = markdown_table(report["summary"])
-    assert table.count("\n") == 6 and "train vs test" in table
+    assert table.count("\n") == 6 and "train vs test" in table and "object fd@8" in table
+    assert saved["split"] == {"seed": 0, "test_fraction": 0.1}
+    assert "FDs are biased" in saved["fd_warning"]  # 2 test trajectories in 31 dims
+
+
+def test_models_are_scored_on_the_split_they_were_trained_on(root, tmp_path):
+    data = small_dataset(root)
+    cfg = tiny_fit("fc", steps=3)
+    fit_model(data, tmp_path / "s3", replace(cfg, split_seed=3, test_fraction=0.25))
+    ecfg = EvalConfig(horizon=4, samples=2, physics_episodes=1, render=False, plots=False,
+                      progress=False)
+    with pytest.warns(UserWarning, match="biased"):
+        report = evaluate(data, [tmp_path / "s3"], tmp_path / "rep", ecfg)
+    own = TrajectoryDataset(data, context=4, test_fraction=0.25, seed=3)
+    assert report["split"] == {"seed": 3, "test_fraction": 0.25}
+    assert report["test_episodes"] == len(own.split_ids["test"]) == 6
+    assert not set(own.split_ids["test"]) & set(own.split_ids["train"])
+    trained(root, "fc")
+    with pytest.raises(UsageError, match="different splits"):
+        evaluate(data, [tmp_path / "s3", root / "runs" / "fc-30"], tmp_path / "r2", ecfg)
+
+
+def test_datasets_with_velocities_are_scored_and_rendered(root, tmp_path):
+    data = tmp_path / "vel"
+    collect(CollectConfig(episodes=10, length=10, include_velocities=True, seed=1,
+                          policy=PolicyConfig("scripted")), data, workers=1, progress=False)
+    fit_model(data, tmp_path / "fc", replace(tiny_fit("fc", steps=3), test_fraction=0.2))
+    ecfg = EvalConfig(horizon=4, samples=1, physics_episodes=2, progress=False)
+    with pytest.warns(UserWarning, match="biased"):
+        report = evaluate(data, [tmp_path / "fc"], tmp_path / "rep", ecfg)
+    entry = report["models"]["fc"]
+    assert report["physics_error_truth"] < entry["physics_error"] < np.inf
+    assert report["frames"] is None and (tmp_path / "rep" / "frames.png").is_file()
 
 
 def test_evaluate_cli_and_bad_input(root, tmp_path, capsys):

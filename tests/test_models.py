@@ -13,7 +13,14 @@ from _traj_fixtures import small_dataset, tiny_fit, trained
 
 from trajebm.data import TrajectoryDataset
 from trajebm.engine.errors import UsageError
-from trajebm.fit import collapse_message, fit_model, paper_fit_config, training_tensors
+from trajebm.fit import (
+    TrajectoryBatches,
+    collapse_message,
+    fit_model,
+    paper_fit_config,
+    training_tensors,
+    variant_config,
+)
 from trajebm.models import MODEL_KINDS, ModelConfig, build_model, load_model
 from trajebm.rollout import predict_rollouts
 
@@ -60,9 +67,11 @@ def test_baselines_reduce_their_loss(root, kind):
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_save_load_gives_identical_predictions(root, tmp_path, kind):
-    model = fit_model(small_dataset(root), tmp_path / kind, tiny_fit(kind, steps=10))
+    cfg = tiny_fit(kind, steps=10)
+    model = fit_model(small_dataset(root), tmp_path / kind, cfg)
     loaded = load_model(tmp_path / kind)
-    ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
+    ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32",
+                           val_fraction=cfg.val_fraction)
     states, actions = ds.trajectories("test")
     a = predict_rollouts(model, states[:, :4], actions[:, 3:8], samples=2, seed=7)
     b = predict_rollouts(loaded, states[:, :4], actions[:, 3:8], samples=2, seed=7)
@@ -79,7 +88,8 @@ def test_resume_continues_a_baseline_run(root, tmp_path):
     fit_model(data, tmp_path / "run", cfg)
     with pytest.raises(UsageError, match="already holds"):
         fit_model(data, tmp_path / "run", cfg)
-    fit_model(data, tmp_path / "run", replace(cfg, steps=20), resume=True)
+    fit_model(data, tmp_path / "run", replace(cfg, train=replace(cfg.train, steps=20)),
+              resume=True)
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert int(rows[-1]["step"]) == 20
 
@@ -95,8 +105,8 @@ def test_bad_model_files(tmp_path):
 
 
 def test_paper_config_trains_the_plain_concatenation(root, tmp_path):
-    cfg = paper_fit_config(steps=3, warmup_steps=1, progress=False)
-    assert cfg.batch_size == 1024 and cfg.betas == (0.0, 0.999)
+    cfg = paper_fit_config(train=tiny_fit("ebm", steps=3).train)
+    assert cfg.batch_size == 1024 and cfg.train.betas == (0.0, 0.999)
     assert cfg.model.delta_input is False and cfg.model.sampler.steps == 20
     model = fit_model(small_dataset(root), tmp_path / "paper", cfg)
     assert load_model(tmp_path / "paper").config.delta_input is False
@@ -113,10 +123,85 @@ def test_collapse_is_reported():
     assert "collapsed" in collapse_message({"e_pos": -0.49, "e_neg": 0.5})
 
 
-def test_kl_weight_reaches_the_trainer(root, tmp_path):
-    cfg = replace(tiny_fit("ebm", steps=4), kl_weight=0.5)
-    fit_model(small_dataset(root), tmp_path / "kl", cfg)
-    rows = list(csv.DictReader(open(tmp_path / "kl" / "metrics.csv")))
-    assert any(float(r["kl"]) != 0.0 for r in rows)
+def test_kl_term_changes_the_update(root, tmp_path):
+    """The KL term reaches the trainer: same seed and data, different weights after training."""
+    base = tiny_fit("ebm", steps=4)
+    with_kl = replace(base, train=replace(base.train, kl_weight=0.5))
+    a = fit_model(small_dataset(root), tmp_path / "plain", base)
+    b = fit_model(small_dataset(root), tmp_path / "kl", with_kl)
+    assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                        b.state_dict().values(), strict=True))
     info = json.loads((tmp_path / "kl" / "run.json").read_text())
-    assert info["config"]["kl_weight"] == 0.5
+    assert info["config"]["train"]["kl_weight"] == 0.5
+
+
+SPECS = ["ebm:context_noise=0.1", "ebm:rollout_fraction=0.5,rollout_horizon=3,rollout_every=4",
+         "ebm:segment=3", "fc-paper", "fc:rollout_fraction=0.5,rollout_horizon=3,rollout_every=4",
+         "ensemble:context_noise=0.1", "ebm:ema_decay=0.9", "ebm-uncond:segment=2"]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_training_options_train_save_and_load(root, tmp_path, spec):
+    base = tiny_fit("ebm", steps=8)
+    cfg = variant_config(spec, replace(base, model=replace(base.model, members=2)))
+    model = fit_model(small_dataset(root), tmp_path / "run", cfg)
+    loaded = load_model(tmp_path / "run")
+    assert loaded.config == model.config
+    ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
+    states, actions = ds.trajectories("test")
+    acts = actions[:, 3:10] if model.config.conditional else None
+    a = predict_rollouts(model, states[:, :4], acts, horizon=7, samples=2, seed=3)
+    b = predict_rollouts(loaded, states[:, :4], acts, horizon=7, samples=2, seed=3)
+    assert a.shape == (len(states), 2, 7, 31) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert info["context_noise"] == cfg.context_noise
+    assert info["rollout_fraction"] == cfg.rollout_fraction
+
+
+def test_context_noise_perturbs_the_context_only(root):
+    ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
+    x, cond = training_tensors(ds, conditional=True)
+    model = build_model(ModelConfig(kind="fc", hidden=8, layers=1))
+    clean = TrajectoryBatches(x, cond, 64, seed=1, model=model)
+    noisy = TrajectoryBatches(x, cond, 64, seed=1, model=model, context_noise=0.2)
+    (x0, c0), (x1, c1) = next(clean), next(noisy)
+    torch.testing.assert_close(x0, x1)
+    gap = c1 - c0
+    assert gap[:, :4 * 31].std().item() == pytest.approx(0.2, rel=0.1)
+    assert torch.equal(gap[:, 4 * 31:], torch.zeros_like(gap[:, 4 * 31:]))
+    assert torch.equal(cond, training_tensors(ds, conditional=True)[1])  # data untouched
+
+
+def test_own_rollout_windows_pair_predicted_contexts_with_true_next_states(root):
+    """A zero residual fc predicts 'no change', so each rollout context ends in the last true
+    state it saw, and every target is the true state that follows."""
+    ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
+    x, cond = training_tensors(ds, conditional=True)
+    states, actions = (torch.from_numpy(a) for a in ds.trajectories("train", normalized=True))
+    model = build_model(ModelConfig(kind="fc", hidden=8, layers=1))
+    torch.nn.init.zeros_(model.net[-1].weight)
+    torch.nn.init.zeros_(model.net[-1].bias)
+    batches = TrajectoryBatches(x, cond, 12, seed=0, model=model, rollout_fraction=1.0,
+                                rollout_horizon=3, trajectories=(states, actions))
+    nxt, ctx = next(batches)
+    flat = states.reshape(-1, 31)
+    for target, row in zip(nxt, ctx, strict=True):
+        last = row[3 * 31 : 4 * 31]
+        t = int(torch.nonzero((flat == target).all(1))[0])
+        assert any(torch.equal(last, flat[t - j]) for j in (2, 3, 4))
+    state = batches.state_dict()
+    again = TrajectoryBatches(x, cond, 12, seed=5, model=model, rollout_fraction=1.0,
+                              rollout_horizon=3, trajectories=(states, actions))
+    again.load_state_dict(state)
+    for a, b in zip(next(batches), next(again), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_segment_model_scores_whole_segments(root):
+    ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
+    x, cond = training_tensors(ds, conditional=True, segment=3)
+    assert x.shape[1] == 3 * 31 and cond.shape[1] == 4 * 31 + 3 * 20
+    model = build_model(ModelConfig(kind="ebm", segment=3, hidden=8, layers=1))
+    assert model(x[:5], cond[:5]).shape == (5,)
+    assert model.propose(cond[:5], steps=2).shape == (5, 3 * 31)

@@ -42,6 +42,17 @@ def test_shapes_and_original_units(root, test_split, kind):
     np.testing.assert_allclose(as_tensor.numpy(), pred, atol=1e-5)
 
 
+def test_the_callers_model_is_left_as_it_was(root, test_split):
+    _, states, actions = test_split
+    for kind in ("ebm", "fc"):
+        model = trained(root, kind).train()
+        predict_rollouts(model, states[:, :4], actions[:, 3:5], samples=2, device="cpu")
+        assert model.training and model.state_mean.device.type == "cpu"
+        model.eval()
+        predict_rollouts(model, states[:, :4], actions[:, 3:5], samples=2)
+        assert not model.training
+
+
 def test_units_round_trip_exactly():
     """A zero network predicts 'no change': the output equals the context in original units."""
     mean, std = np.linspace(-1, 1, 31), np.linspace(0.1, 2.0, 31)
@@ -142,7 +153,7 @@ def test_train_cli_and_errors(root, tmp_path, capsys):
     status = main(["train", "--data", str(data), "--model", "ebm", "--paper", "--steps", "2",
                    "--hidden", "16", "--out", str(tmp_path / "p"), "--quiet"])
     run = json.loads((tmp_path / "p" / "run.json").read_text())["config"]
-    assert status == 0 and run["batch_size"] == 1024 and run["betas"] == [0.0, 0.999]
+    assert status == 0 and run["batch_size"] == 1024 and run["train"]["betas"] == [0.0, 0.999]
     assert run["model"]["delta_input"] is False
     status = main(["train", "--data", str(data), "--out", str(tmp_path / "r2"), "--steps", "2",
                    "--device", "tpu9", "--quiet"])

@@ -10,6 +10,7 @@ from trajebm.engine.sampling import (
     hmc,
     langevin,
     paper_to_textbook,
+    step_sizes,
     textbook_to_paper,
 )
 
@@ -54,11 +55,56 @@ def test_conventions_convert_both_ways():
     assert textbook_to_paper(eta, temperature) == pytest.approx((10.0, 0.005))
 
 
+def standard(x, cond=None):
+    return 0.5 * x.pow(2).sum(1)
+
+
 def test_temperature_scales_variance():
-    standard = lambda x, c=None: 0.5 * x.pow(2).sum(1)  # noqa: E731
     x = langevin(standard, torch.zeros(8000, 1), convention="textbook", step_size=0.05,
                  steps=400, temperature=0.25, **FREE)
     assert x.var().item() == pytest.approx(0.25, rel=0.1)
+
+
+def test_temperature_acts_even_when_the_gradient_clip_saturates():
+    stiff = lambda x, c=None: 50.0 * x.pow(2).sum(1)  # noqa: E731 - |grad| >> clip
+    runs = {}
+    for t in (1.0, 4.0):
+        torch.manual_seed(0)
+        runs[t] = langevin(stiff, torch.zeros(4000, 1), steps=300, step_size=0.1, noise=0.01,
+                           grad_clip=0.1, bounds=None, temperature=t)
+    assert runs[4.0].var() > 4 * runs[1.0].var()
+
+
+def test_textbook_chain_refuses_a_noise_it_would_ignore():
+    with pytest.raises(ValueError, match="noise applies to the paper convention only"):
+        LangevinConfig(convention="textbook", noise=0.001)
+    LangevinConfig(convention="textbook")  # the default noise is fine
+
+
+def test_annealing_schedule_is_polynomial_from_start_to_end():
+    cfg = LangevinConfig(steps=5, step_size=1.0, step_size_end=0.2, anneal_power=2.0)
+    expected = [0.8 * (1 - i / 4) ** 2 + 0.2 for i in range(5)]
+    assert step_sizes(cfg) == pytest.approx(expected)
+    assert step_sizes(cfg)[0] == 1.0 and step_sizes(cfg)[-1] == pytest.approx(0.2)
+    assert step_sizes(LangevinConfig(steps=3, step_size=0.5)) == [0.5] * 3
+    with pytest.raises(ValueError, match="anneal_power"):
+        LangevinConfig(step_size_end=0.1, anneal_power=0.0)
+
+
+def test_annealed_chain_reaches_the_gaussian_at_least_as_well():
+    x0 = 3 * torch.randn(8000, 1)
+    coarse = langevin(standard, x0, convention="textbook", step_size=0.5, steps=200, **FREE)
+    annealed = langevin(standard, x0, convention="textbook", step_size=0.5,
+                        step_size_end=0.02, steps=200, **FREE)
+    assert abs(annealed.var().item() - 1.0) < 0.05
+    assert abs(annealed.var().item() - 1.0) <= abs(coarse.var().item() - 1.0)
+
+
+def test_annealed_paper_chain_keeps_its_temperature():
+    lam, sigma = textbook_to_paper(0.2)  # temperature 1
+    x = langevin(standard, torch.zeros(8000, 1), steps=300, step_size=lam, noise=sigma,
+                 step_size_end=lam / 10, **FREE)
+    assert x.var().item() == pytest.approx(1.0, rel=0.1)  # without noise scaling: ~10
 
 
 def mixture_energy(weights=(0.25, 0.75), means=(-1.5, 1.5), std=0.6):
@@ -139,6 +185,15 @@ def test_bounds_keep_samples_inside():
     assert (x == 0.0).float().mean() > 0.9
 
 
+def test_bounds_leave_frozen_elements_alone():
+    x0 = torch.full((4, 6), 2.0)  # outside the bounds everywhere
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    x = langevin(steep, x0, steps=3, step_size=1.0, noise=0.1, grad_clip=None,
+                 bounds=(0.0, 1.0), mask=mask)
+    assert torch.equal(x[:, 3:], x0[:, 3:])
+    assert x[:, :3].min() >= 0.0 and x[:, :3].max() <= 1.0
+
+
 def test_mask_freezes_masked_elements():
     x0 = torch.rand(8, 1, 6, 6)
     mask = torch.zeros(1, 1, 6, 6)
@@ -155,15 +210,34 @@ def test_return_chain_records_every_state():
     assert torch.equal(chain[0], x0) and torch.equal(chain[-1], x)
 
 
-def test_keep_last_graph_lets_gradients_reach_parameters():
-    model = torch.nn.Linear(2, 1)
-    energy = lambda x, c=None: model(x).squeeze(-1) ** 2  # noqa: E731
-    x = langevin(energy, torch.randn(6, 2), steps=3, convention="textbook", step_size=0.1,
-                 keep_last_graph=True, **FREE)
-    x.sum().backward()
-    assert model.weight.grad is not None and model.weight.grad.abs().sum() > 0
-    detached = langevin(energy, torch.randn(6, 2), steps=3, **FREE)
-    assert not detached.requires_grad
+def test_keep_last_graph_gives_the_gradient_through_the_last_step():
+    torch.manual_seed(1)
+    model = torch.nn.Linear(2, 1).double()
+    x0 = torch.randn(6, 2, dtype=torch.float64)
+    cfg = LangevinConfig(steps=3, step_size=0.1, noise=0.0, **FREE)
+
+    def energy(x, c=None):
+        return model(x).squeeze(-1) ** 2
+
+    def loss(keep):
+        return langevin(energy, x0, config=cfg, keep_last_graph=keep).pow(2).sum()
+
+    loss(True).backward()
+    # finite differences of the last step alone: earlier steps are detached, so perturb the
+    # weight only while taking that step from the fixed second state
+    x2 = langevin(energy, x0, config=cfg, steps=2)
+    numeric = torch.zeros_like(model.weight)
+    for i in range(model.weight.numel()):
+        values = []
+        for h in (1e-6, -1e-6):
+            with torch.no_grad():
+                model.weight.view(-1)[i] += h
+            values.append(langevin(energy, x2, config=cfg, steps=1).pow(2).sum())
+            with torch.no_grad():
+                model.weight.view(-1)[i] -= h
+        numeric.view(-1)[i] = (values[0] - values[1]) / 2e-6
+    torch.testing.assert_close(model.weight.grad, numeric, rtol=1e-5, atol=1e-8)
+    assert not loss(False).requires_grad
 
 
 def test_bad_energy_shape_is_reported():

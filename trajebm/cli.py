@@ -19,6 +19,8 @@ SUBCOMMAND_MODULES = (
     "trajebm.fit",
     "trajebm.rollout",
     "trajebm.evaluate",
+    "trajebm.compare",
+    "trajebm.steer",
     "trajebm.demo",
 )
 

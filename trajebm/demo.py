@@ -16,7 +16,7 @@ from typing import Any
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import atomic_write_bytes, write_run_info
 from trajebm.evaluate import EvalConfig, evaluate, markdown_table
-from trajebm.fit import FitConfig, fit_model
+from trajebm.fit import FitConfig, fit_model, trajectory_train_config
 from trajebm.models import MODEL_FILE, ModelConfig
 
 
@@ -76,8 +76,9 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None) -> di
             continue
         t = time.perf_counter()
         steps = cfg.ebm_steps if mcfg.kind == "ebm" else cfg.baseline_steps
-        fcfg = FitConfig(model=replace(mcfg), steps=steps, batch_size=cfg.batch_size,
-                         seed=cfg.seed, progress=cfg.progress)
+        fcfg = FitConfig(model=replace(mcfg), batch_size=cfg.batch_size,
+                         train=trajectory_train_config(steps=steps, seed=cfg.seed,
+                                                       progress=cfg.progress))
         fit_model(data, run, fcfg, cfg.device, resume=run.exists())
         timings[f"train {name}"] = time.perf_counter() - t
     t = time.perf_counter()

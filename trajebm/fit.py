@@ -1,10 +1,13 @@
 """Train a trajectory model on a dataset, every kind with the one shared trainer.
 
-The EBM's positives are z-scored next states with condition = (context, action); its chains
-start at the last context state + U(-0.3, 0.3). The baselines (MSE regression, Gaussian
-ensemble NLL) give the trainer their loss instead, on the same batches, so they get the same
-checkpoints, exact resume, divergence guard and torchrun support. Every run folder gets ``model.pt``
-(see :func:`trajebm.models.load_model`), ``checkpoint.pt``, ``metrics.csv`` and ``run.json``.
+The EBM's positives are z-scored next states (segments) with condition = (context, actions);
+its chains start at the last context state + U(-0.3, 0.3). The baselines (MSE regression,
+Gaussian ensemble NLL) give the trainer their loss instead, on the same batches, so they get
+the same checkpoints, exact resume, divergence guard and torchrun support. Options that fight
+compounding error — noise on the context states, training on the model's own rollouts — apply
+to every model kind alike, and so does checkpoint selection on held-out validation rollouts.
+Every run folder gets ``model.pt`` (see :func:`trajebm.models.load_model`),
+``checkpoint.pt``, ``metrics.csv`` and ``run.json``.
 """
 
 from __future__ import annotations
@@ -17,77 +20,190 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from trajebm.data.dataset import TrajectoryDataset
 from trajebm.engine.buffer import ReplayBuffer
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
+from trajebm.engine.metrics import frechet_distance_samples
 from trajebm.engine.runinfo import run_folder, write_run_info
-from trajebm.engine.train import (
-    TensorBatches,
-    TrainConfig,
-    Trainer,
-    init_distributed,
-    seed_everything,
-    world,
-)
+from trajebm.engine.train import TrainConfig, Trainer, init_distributed, seed_everything, world
 from trajebm.models import (
     MODEL_FILE,
     ModelConfig,
     TrajectoryModel,
     build_model,
+    rollout_z,
     save_model,
 )
 
 
+def trajectory_train_config(**overrides: Any) -> TrainConfig:
+    """The shared trainer's settings for trajectory models (its defaults are the paper's image
+    ones): 3,000 steps, Adam lr 1e-3 with beta1 = 0.9 and 100 warm-up steps, validation every
+    250 steps with the best checkpoint kept by validation FD."""
+    defaults = dict(steps=3000, lr=1e-3, betas=(0.9, 0.999), warmup_steps=100,
+                    checkpoint_every=500, log_every=25, validate_every=250, select_by="val_fd")
+    return TrainConfig(**{**defaults, **overrides})
+
+
 @dataclass
 class FitConfig:
-    """How to train. PAPER.md §2 uses batch 1024 and beta1 = 0 (``paper_fit_config``); on the
-    hand data, batch 256 with beta1 = 0.9 for the same compute gave lower FD (see README)."""
+    """How to train: the model, the shared trainer's settings, and the trajectory-specific
+    data options. PAPER.md §2 uses batch 1024 and beta1 = 0 (:func:`paper_fit_config`)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    steps: int = 3000
+    train: TrainConfig = field(default_factory=trajectory_train_config)
     batch_size: int = 256
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 100
-    alpha: float = 1.0
-    kl_weight: float = 0.0
     replay_prob: float = 0.0
     buffer_capacity: int = 10000
     test_fraction: float = 0.1
     split_seed: int = 0
-    seed: int = 0
-    checkpoint_every: int = 500
-    log_every: int = 25
-    progress: bool = True
+    val_fraction: float = 0.05
+    val_horizon: int = 48
+    context_noise: float = 0.0
+    rollout_fraction: float = 0.0
+    rollout_horizon: int = 8
+    rollout_every: int = 250
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
-        if self.steps < 0 or self.batch_size <= 0 or self.lr <= 0:
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+        if self.batch_size <= 0 or self.train.lr <= 0 or self.train.steps < 0:
             raise UsageError("steps must be >= 0, batch_size and lr positive")
-        if not 0.0 <= self.replay_prob <= 1.0:
-            raise UsageError(f"replay_prob must be in [0, 1], got {self.replay_prob}")
+        for name in ("replay_prob", "rollout_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.context_noise < 0:
+            raise UsageError(f"context_noise must be >= 0, got {self.context_noise}")
+        if self.val_horizon < 1 or self.rollout_horizon < 1 or self.rollout_every < 1:
+            raise UsageError("val_horizon, rollout_horizon and rollout_every must be >= 1")
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
 
 
 def paper_fit_config(**overrides: Any) -> FitConfig:
     """PAPER.md §2 exactly: batch 1024, Adam beta = (0, 0.999), s_{t+1} fed as is."""
     model = overrides.pop("model", ModelConfig())
+    train = overrides.pop("train", trajectory_train_config())
     return FitConfig(model=replace(model, delta_input=False), batch_size=1024,
-                     betas=(0.0, 0.999), **overrides)
+                     train=replace(train, betas=(0.0, 0.999)), **overrides)
 
 
-def training_tensors(dataset: Any, conditional: bool) -> tuple[Tensor, Tensor]:
-    """(next states, conditions) of every training window, z-scored, as float32 tensors."""
-    w = dataset.windows("train", normalized=True)
+def training_tensors(dataset: TrajectoryDataset, conditional: bool, segment: int = 1,
+                     split: str = "train") -> tuple[Tensor, Tensor]:
+    """(next states or segments, conditions) of every window of ``split``, z-scored, float32.
+
+    Next states are (M, segment * D); conditions (M, k * D [+ segment * A]).
+    """
+    w = dataset.windows(split, normalized=True, horizon=segment)
     if not len(w.next_state):
-        raise UsageError("the dataset's training split has no windows")
-    parts = [torch.from_numpy(w.context.reshape(len(w.context), -1))]
+        raise UsageError(f"the dataset's {split} split has no windows of "
+                         f"{dataset.context} + {segment} states")
+    m = len(w.next_state)
+    parts = [torch.from_numpy(w.context.reshape(m, -1))]
     if conditional:
-        parts.append(torch.from_numpy(w.action))
-    return torch.from_numpy(w.next_state).float(), torch.cat(parts, 1).float()
+        parts.append(torch.from_numpy(w.action.reshape(m, -1)))
+    return torch.from_numpy(w.next_state.reshape(m, -1)).float(), torch.cat(parts, 1).float()
+
+
+class TrajectoryBatches:
+    """Endless shuffled batches ``(next states, condition)`` for trajectory models.
+
+    ``context_noise`` adds N(0, sigma^2) (z units) to the context states of every batch, the
+    targets staying true, so a model learns to pull a perturbed context back (as learned
+    simulators do). With ``rollout_fraction`` > 0 that share of each batch comes from the
+    model's own rollouts (DaD, Venkatraman et al. 2015; the paper's code had it as an option):
+    every ``rollout_every`` steps the model rolls out ``rollout_horizon`` steps from random
+    training windows under the true actions, and each predicted context is paired with the
+    true next state. The state (order, pool, generator) is saved, so resume is exact.
+    """
+
+    def __init__(self, x: Tensor, cond: Tensor, batch_size: int, seed: int = 0, *,
+                 model: TrajectoryModel, context_noise: float = 0.0,
+                 rollout_fraction: float = 0.0, rollout_horizon: int = 8,
+                 rollout_every: int = 250, trajectories: tuple[Tensor, Tensor] | None = None
+                 ) -> None:
+        self.x, self.cond, self.batch_size = x, cond, min(batch_size, len(x))
+        self.model, self.context_noise = model, context_noise
+        self.rollout_fraction, self.rollout_horizon = rollout_fraction, rollout_horizon
+        self.rollout_every, self.trajectories = rollout_every, trajectories
+        if rollout_fraction > 0 and trajectories is None:
+            raise ValueError("training on own rollouts needs the training trajectories")
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(len(x), generator=self.generator)
+        self.pos, self.step = 0, 0
+        self.pool: tuple[Tensor, Tensor] | None = None
+
+    def __iter__(self) -> TrajectoryBatches:
+        return self
+
+    def _context_width(self) -> int:
+        return self.model.config.context * self.model.config.state_dim
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        if self.pos + self.batch_size > len(self.perm):
+            self.perm = torch.randperm(len(self.x), generator=self.generator)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        x, cond = self.x[idx], self.cond[idx].clone()
+        if self.rollout_fraction > 0:
+            if self.step % self.rollout_every == 0:
+                self.pool = self._rollout_pool()
+            n = int(round(self.rollout_fraction * len(x)))
+            pick = torch.randint(len(self.pool[0]), (n,), generator=self.generator)
+            x = torch.cat([x[n:], self.pool[0][pick]])
+            cond = torch.cat([cond[n:], self.pool[1][pick]])
+        if self.context_noise > 0:
+            width = self._context_width()
+            noise = torch.randn((len(cond), width), generator=self.generator)
+            cond[:, :width] += self.context_noise * noise
+        self.step += 1
+        return x, cond
+
+    @torch.no_grad()
+    def _rollout_pool(self) -> tuple[Tensor, Tensor]:
+        """(true next states, predicted-context conditions) from short own rollouts."""
+        states, actions = self.trajectories
+        cfg = self.model.config
+        k, h, seg = cfg.context, self.rollout_horizon, cfg.segment
+        n, steps = states.shape[0], actions.shape[1]
+        if steps < k + h + seg - 1:
+            raise UsageError(f"episodes of {steps} steps are too short to train on rollouts "
+                             f"of {h} steps with k = {k} (and segment {seg})")
+        starts = max(1, self.batch_size // h)
+        ep = torch.randint(n, (starts,), generator=self.generator)
+        t0 = torch.randint(steps - k - h - seg + 2, (starts,), generator=self.generator)
+        window = states[ep[:, None], t0[:, None] + torch.arange(k)]
+        span = torch.arange(h + seg)
+        acts = actions[ep[:, None], (t0 + k - 1)[:, None] + span] if cfg.conditional else None
+        pred = rollout_z(self.model, window, acts, h)
+        traj = torch.cat([window, pred], 1)
+        xs, conds = [], []
+        for j in range(1, h + 1):
+            ctx = traj[:, j : j + k]
+            truth = states[ep[:, None], (t0 + k + j)[:, None] + torch.arange(seg)]
+            act = acts[:, j : j + seg] if acts is not None else None
+            xs.append(truth.reshape(starts, -1))
+            conds.append(self.model.make_cond(ctx, act))
+        return torch.cat(xs), torch.cat(conds)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos,
+                "step": self.step, "pool": self.pool}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.pos, self.step = state["perm"], int(state["pos"]), int(state["step"])
+        self.pool = state["pool"]
 
 
 def context_init(model: TrajectoryModel):
@@ -99,52 +215,95 @@ def context_init(model: TrajectoryModel):
     return init
 
 
+def rollout_validator(model: TrajectoryModel, states: np.ndarray, actions: np.ndarray,
+                      horizon: int, seed: int = 0):
+    """A validation function for the trainer: rollouts from held-out trajectories.
+
+    Returns ``{"val_one_step": MSE of the first predicted state, "val_fd": mean FD over the
+    horizon (every 8th step)}``, z units, one sample per start, a fixed seed — so successive
+    checkpoints are compared on the same draws.
+    """
+    k = model.config.context
+    horizon = min(horizon, states.shape[1] - k)
+    window = torch.from_numpy(states[:, :k]).float()
+    acts = torch.from_numpy(actions[:, k - 1 : k - 1 + horizon]).float()
+    truth = states[:, k : k + horizon]
+    steps = sorted({*range(7, horizon, 8), horizon - 1})
+
+    def validate(net: TrajectoryModel) -> dict[str, float]:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            pred = rollout_z(net, window, acts if net.config.conditional else None,
+                             horizon).numpy()
+        if not np.isfinite(pred).all():
+            return {"val_one_step": float("inf"), "val_fd": float("inf")}
+        fd = [frechet_distance_samples(pred[:, t], truth[:, t]) for t in steps]
+        return {"val_one_step": float(np.mean((pred[:, 0] - truth[:, 0]) ** 2)),
+                "val_fd": float(np.mean(fd))}
+
+    return validate
+
+
 def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
               config: FitConfig | None = None, device: str | torch.device | None = None,
               resume: bool = False) -> TrajectoryModel:
     """Train ``config.model`` on the dataset folder ``data``; save it in ``out_dir``.
 
-    Under ``torchrun`` every rank trains on its own batch order and rank 0 saves the model.
+    The model records the split (seed, test and validation fractions) it was trained on, so
+    evaluation scores it on its own test trajectories. Under ``torchrun`` every rank trains on
+    its own batch order and rank 0 saves the model.
     """
-    from trajebm.data import TrajectoryDataset
-
     cfg = config or FitConfig()
     device = init_distributed(resolve_device(device))
     rank, _ = world()
     out = run_folder(out_dir, MODEL_FILE, resume)
     ds = TrajectoryDataset(data, context=cfg.model.context, test_fraction=cfg.test_fraction,
-                           seed=cfg.split_seed, dtype="float32")
+                           seed=cfg.split_seed, dtype="float32", val_fraction=cfg.val_fraction)
     own = ds.metadata["trajebm"]
     mcfg = replace(cfg.model, state_dim=ds.state_dim, action_dim=ds.action_dim)
     cfg = replace(cfg, model=mcfg)
     meta = {"dataset_id": ds.metadata.get("dataset_id"), "env_id": own["env_id"],
-            "state_names": own["state_names"], "dataset_path": str(data)}
+            "state_names": own["state_names"], "dataset_path": str(data), "split": ds.split,
+            "normalization_floored": [own["state_names"][i] for i in ds.state_stats.floored]}
     seed_everything(cfg.seed)
     model = build_model(mcfg, ds.state_stats.mean, ds.state_stats.std, meta)
-    x, cond = training_tensors(ds, mcfg.conditional)
-    batches = TensorBatches(x, cond, cfg.batch_size, seed=cfg.seed + rank)
+    x, cond = training_tensors(ds, mcfg.conditional, mcfg.segment)
+    train_s, train_a = ds.trajectories("train", normalized=True)
+    batches = TrajectoryBatches(
+        x, cond, cfg.batch_size, seed=cfg.seed + rank, model=model,
+        context_noise=cfg.context_noise, rollout_fraction=cfg.rollout_fraction,
+        rollout_horizon=cfg.rollout_horizon, rollout_every=cfg.rollout_every,
+        trajectories=(torch.from_numpy(train_s), torch.from_numpy(train_a)))
+    tcfg = replace(cfg.train, sampler=mcfg.sampler, adam_clip=mcfg.kind == "ebm",
+                   negatives_cond="buffer" if cfg.replay_prob > 0 else "data")
+    validate = None
+    if tcfg.validate_every:
+        val_s, val_a = ds.trajectories("val", normalized=True)
+        if len(val_s) >= 2:
+            validate = rollout_validator(model, val_s, val_a, cfg.val_horizon, cfg.seed)
+        else:
+            warnings.warn(f"{len(val_s)} validation trajectories (val_fraction "
+                          f"{cfg.val_fraction}): no validation, the last weights are kept",
+                          stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         write_run_info(out, cfg, cfg.seed, dataset=meta, train_windows=len(x),
                        device=str(device))
     t0 = time.perf_counter()
-    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, betas=tuple(cfg.betas),
-                       warmup_steps=cfg.warmup_steps, alpha=cfg.alpha,
-                       kl_weight=cfg.kl_weight, sampler=mcfg.sampler,
-                       negatives_cond="buffer" if cfg.replay_prob > 0 else "data",
-                       adam_clip=mcfg.kind == "ebm", seed=cfg.seed,
-                       checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                       progress=cfg.progress)
     if mcfg.kind == "ebm":
-        buffer = ReplayBuffer(cfg.buffer_capacity, (mcfg.state_dim,), context_init(model),
+        buffer = ReplayBuffer(cfg.buffer_capacity, (mcfg.out_dim,), context_init(model),
                               cond_shape=(mcfg.cond_dim,), replay_prob=cfg.replay_prob,
                               seed=cfg.seed)
-        summary = Trainer(model, batches, buffer, tcfg, out, device).fit(resume=resume)
-        if (message := collapse_message(summary)) is not None:
-            warnings.warn(message, stacklevel=2)
+        trainer = Trainer(model, batches, buffer, tcfg, out, device, validate=validate)
     else:
-        summary = Trainer(model, batches, None, tcfg, out, device,
-                          loss_fn=model.loss).fit(resume=resume)
+        trainer = Trainer(model, batches, None, tcfg, out, device, loss_fn=model.loss,
+                          validate=validate)
+    summary = trainer.fit(resume=resume)
+    if mcfg.kind == "ebm" and (message := collapse_message(summary)) is not None:
+        warnings.warn(message, stacklevel=2)
+    chosen = trainer.best_state_dict() or trainer.ema_state_dict()
+    if chosen is not None:
+        model.load_state_dict(chosen)
     model.meta["train_seconds"] = round(time.perf_counter() - t0, 2)
     model.meta["train_summary"] = summary
     model.cpu().eval()
@@ -161,28 +320,108 @@ def collapse_message(summary: dict[str, float]) -> str | None:
 
     On the hand data, runs at batch 256 fell into E(x+) = -0.5, E(x-) = +0.5 (the optimum of
     the L2-penalised loss for a perfect classifier) after ~5,700 steps; its chains then no
-    longer reach the data and rollouts diverge. The divergence guard does not catch this.
+    longer reach the data and rollouts diverge. ``collapse_gap`` in the trainer acts on it.
     """
     gap = summary.get("e_neg", 0.0) - summary.get("e_pos", 0.0)
     if gap <= COLLAPSE_GAP:
         return None
     return (f"EBM collapsed: final E(negatives) - E(data) = {gap:.2f} > {COLLAPSE_GAP}; its "
             f"samples no longer reach the data. Train fewer steps (metrics.csv shows when the "
-            f"gap opened) or lower the lr.")
+            f"gap opened), lower the lr or set a collapse guard (--collapse-gap).")
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "ebm": {"kind": "ebm", "conditional": True},
+    "ebm-uncond": {"kind": "ebm", "conditional": False},
+    "fc": {"kind": "fc", "conditional": True, "residual": True},
+    "fc-paper": {"kind": "fc", "conditional": True, "residual": False},
+    "ensemble": {"kind": "ensemble", "conditional": True, "residual": True},
+    "ebm-paper": {"kind": "ebm", "conditional": True, "paper": True},
+}
+"""Named model variants: a base for :func:`variant_config` (``NAME:key=value,...``)."""
+
+MODEL_KEYS = {f for f in ModelConfig.__dataclass_fields__ if f not in ("state_dim",
+                                                                       "action_dim")}
+FIT_KEYS = {f for f in FitConfig.__dataclass_fields__ if f not in ("model", "train")}
+TRAIN_KEYS = {f for f in TrainConfig.__dataclass_fields__ if f not in ("sampler", "betas")}
+SAMPLER_KEYS = {"steps", "step_size", "noise", "temperature", "grad_clip", "step_size_end",
+                "anneal_power"}
+
+
+def variant_config(spec: str, base: FitConfig | None = None) -> FitConfig:
+    """A :class:`FitConfig` from a variant spec ``NAME[:key=value,...]``.
+
+    NAME is one of :data:`VARIANTS`; keys are fields of :class:`ModelConfig` (``segment=4``),
+    :class:`FitConfig` (``context_noise=0.05``), the trainer's :class:`TrainConfig`
+    (``steps=12000``, ``ema_decay=0.999``), ``beta1``, or the sampler's fields prefixed with
+    ``sampler_`` (``sampler_steps=40``). Values parse as int, float, bool (true/false) or None.
+    """
+    name, _, rest = spec.partition(":")
+    if name not in VARIANTS:
+        raise UsageError(f"unknown model {name!r}; choose from {', '.join(VARIANTS)} "
+                         f"(optionally NAME:key=value,...)")
+    settings = dict(VARIANTS[name])
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError(f"{spec}: expected key=value, got {item!r}")
+        settings[key.strip()] = _parse_value(value.strip())
+    cfg = base or FitConfig()
+    if settings.pop("paper", False):
+        cfg = paper_fit_config(model=cfg.model, train=cfg.train)
+    model, train, fit, sampler = {}, {}, {}, {}
+    for key, value in settings.items():
+        if key in MODEL_KEYS:
+            model[key] = value
+        elif key in FIT_KEYS:
+            fit[key] = value
+        elif key == "beta1":
+            train["betas"] = (float(value), cfg.train.betas[1])
+        elif key in TRAIN_KEYS:
+            train[key] = value
+        elif key.startswith("sampler_") and key[8:] in SAMPLER_KEYS:
+            sampler[key[8:]] = value
+        else:
+            raise UsageError(f"{spec}: unknown setting {key!r}")
+    try:
+        mcfg = replace(cfg.model, **model)
+        mcfg = replace(mcfg, sampler=replace(mcfg.sampler, **sampler))
+        return replace(cfg, model=mcfg, train=replace(cfg.train, **train), **fit)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"{spec}: {err}") from None
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
 
 
 def run_train(args: argparse.Namespace) -> int:
     mcfg = ModelConfig(kind=args.model, conditional=not args.unconditional,
                        context=args.context, hidden=args.hidden, layers=args.layers,
-                       spectral_norm=args.spectral_norm, delta_input=args.delta_input)
-    cfg = FitConfig(model=mcfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                    betas=(args.beta1, 0.999), replay_prob=args.replay_prob,
-                    kl_weight=args.kl_weight, seed=args.seed, progress=not args.quiet)
+                       spectral_norm=args.spectral_norm, delta_input=args.delta_input,
+                       residual=args.residual, segment=args.segment)
+    tcfg = trajectory_train_config(steps=args.steps, lr=args.lr, betas=(args.beta1, 0.999),
+                                   kl_weight=args.kl_weight, alpha=args.alpha, seed=args.seed,
+                                   ema_decay=args.ema, collapse_gap=args.collapse_gap,
+                                   validate_every=args.validate_every,
+                                   progress=not args.quiet)
+    cfg = FitConfig(model=mcfg, train=tcfg, batch_size=args.batch_size,
+                    replay_prob=args.replay_prob, split_seed=args.split_seed,
+                    test_fraction=args.test_fraction, context_noise=args.context_noise,
+                    rollout_fraction=args.rollout_fraction,
+                    rollout_horizon=args.rollout_horizon)
     if args.paper:
-        cfg = paper_fit_config(model=mcfg, steps=args.steps, lr=args.lr,
-                               replay_prob=args.replay_prob, kl_weight=args.kl_weight,
-                               seed=args.seed,
-                               progress=not args.quiet)
+        cfg = paper_fit_config(**{k: v for k, v in vars(cfg).items() if k != "batch_size"})
     fit_model(args.data, args.out, cfg, args.device, resume=args.resume)
     print(f"wrote {Path(args.out) / MODEL_FILE}")
     return 0
@@ -191,27 +430,47 @@ def run_train(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``trajebm train``."""
     d = FitConfig()
+    t = d.train
     p = subparsers.add_parser("train", help="train a trajectory model (ebm | fc | ensemble)")
     p.add_argument("--data", required=True, help="dataset folder (from `trajebm collect`)")
     p.add_argument("--model", default="ebm", choices=("ebm", "fc", "ensemble"))
     p.add_argument("--unconditional", action="store_true", help="do not condition on actions")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--steps", type=int, default=t.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, default=t.lr)
+    p.add_argument("--beta1", type=float, default=t.betas[0], help="Adam beta1")
+    p.add_argument("--alpha", type=float, default=t.alpha, help="EBM: energy L2 penalty")
     p.add_argument("--context", type=int, default=d.model.context, help="k context states")
     p.add_argument("--hidden", type=int, default=d.model.hidden)
     p.add_argument("--layers", type=int, default=d.model.layers)
-    p.add_argument("--beta1", type=float, default=d.betas[0], help="Adam beta1")
     p.add_argument("--spectral-norm", action="store_true")
     p.add_argument("--delta-input", action=argparse.BooleanOptionalAction,
                    default=d.model.delta_input, help="EBM: feed s_{t+1} - s_t, not s_{t+1}")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction,
+                   default=d.model.residual,
+                   help="baselines: predict s_{t+1} - s_t (--no-residual: the paper's fc)")
+    p.add_argument("--segment", type=int, default=d.model.segment,
+                   help="EBM: predict this many steps jointly (one energy per segment)")
     p.add_argument("--paper", action="store_true",
                    help="PAPER.md §2 exactly: batch 1024, beta1 0, no --delta-input")
-    p.add_argument("--kl-weight", type=float, default=d.kl_weight,
+    p.add_argument("--kl-weight", type=float, default=t.kl_weight,
                    help="EBM: weight of the KL term through the last Langevin step (0 = off)")
     p.add_argument("--replay-prob", type=float, default=d.replay_prob,
                    help="EBM: chance a chain continues from the replay buffer")
+    p.add_argument("--ema", type=float, default=t.ema_decay,
+                   help="decay of an exponential moving average of the weights (0 = off)")
+    p.add_argument("--collapse-gap", type=float, default=t.collapse_gap,
+                   help="EBM: roll back when E(samples) - E(data) stays above this")
+    p.add_argument("--context-noise", type=float, default=d.context_noise,
+                   help="std of noise added to context states in training (z units)")
+    p.add_argument("--rollout-fraction", type=float, default=d.rollout_fraction,
+                   help="share of each batch from the model's own rollouts (DaD)")
+    p.add_argument("--rollout-horizon", type=int, default=d.rollout_horizon)
+    p.add_argument("--validate-every", type=int, default=t.validate_every,
+                   help="steps between validation rollouts; the best is kept (0 = off)")
+    p.add_argument("--split-seed", type=int, default=d.split_seed)
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

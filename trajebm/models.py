@@ -1,13 +1,16 @@
-"""Trajectory models behind one interface: the paper's EBM and two baselines (fc, ensemble).
+"""Trajectory models behind one interface: the paper's EBM and baselines (fc, ensemble).
 
-Each model sees ``k`` z-scored context states and (if action-conditional) the action a_t, and
-proposes s_{t+1}: the EBM by Langevin sampling of E(s_{t-k+1..t}, a_t, s_{t+1}) (PAPER.md §2),
-the feed-forward net by regression, the ensemble by sampling one member's Gaussian (PETS).
-Both baselines predict the change from s_t, the usual (and stronger) parameterisation; the EBM
-by default sees the candidate as s_{t+1} - s_t too (``delta_input``; the same function class,
+Each model sees ``k`` z-scored context states and (if action-conditional) the actions, and
+proposes the next ``segment`` states (1 by default: s_{t+1}): the EBM by Langevin sampling of
+E(s_{t-k+1..t}, a_t, s_{t+1}) (PAPER.md §2) — or, with ``segment`` H > 1, of one energy over
+the whole segment E(context, a_{t..t+H-1}, s_{t+1..t+H}) sampled jointly — the feed-forward
+net by regression, the ensemble by sampling one member's Gaussian (PETS). By default the
+baselines predict the change from s_t (``residual``, the usual and stronger parameterisation;
+``residual=False`` is the paper's own baseline, which regressed the absolute next state), and
+the EBM sees the candidate as s_{t+1} - s_t (``delta_input``; the same function class,
 measured to train faster; ``delta_input=False`` is the paper's plain concatenation). A model
-carries its normalisation statistics, state names and dataset id, so a saved file
-(:func:`save_model` / :func:`load_model`) is all a rollout needs.
+carries its normalisation statistics, state names, dataset id and the split it was trained
+on, so a saved file (:func:`save_model` / :func:`load_model`) is all a rollout needs.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ from trajebm.engine.sampling import LangevinConfig, langevin
 MODEL_KINDS = ("ebm", "fc", "ensemble")
 MODEL_FILE = "model.pt"
 FORMAT = "trajebm-trajectory-model"
+DEFAULT_SPLIT = {"seed": 0, "test_fraction": 0.1}
 ExtraEnergy = Callable[[Tensor, int], Tensor]
 """``extra(states (N, D) in original units, step) -> (N,)``: added to the EBM's energy."""
+ZEnergy = Callable[[Tensor, "Tensor | None"], Tensor]
+"""An energy on z-scored candidates ``(N, segment * D)`` and conditions, as the sampler sees."""
 
 
 def paper_sampler() -> LangevinConfig:
@@ -55,6 +61,8 @@ class ModelConfig:
     members: int = 5
     init_noise: float = 0.3
     delta_input: bool = True
+    residual: bool = True
+    segment: int = 1
     sampler: LangevinConfig = field(default_factory=paper_sampler)
 
     def __post_init__(self) -> None:
@@ -62,15 +70,23 @@ class ModelConfig:
             self.sampler = LangevinConfig(**self.sampler)
         if self.kind not in MODEL_KINDS:
             raise UsageError(f"unknown model {self.kind!r}; choose from {', '.join(MODEL_KINDS)}")
-        for name in ("state_dim", "action_dim", "context", "hidden", "layers", "members"):
+        for name in ("state_dim", "action_dim", "context", "hidden", "layers", "members",
+                     "segment"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.segment > 1 and self.kind != "ebm":
+            raise UsageError("segment > 1 (joint prediction of several steps) is an EBM option")
 
     @property
     def cond_dim(self) -> int:
-        """Width of the flattened condition: k context states, then the action if any."""
-        return self.context * self.state_dim + (self.action_dim if self.conditional else 0)
+        """Width of the flattened condition: k context states, then the actions if any."""
+        actions = self.segment * self.action_dim if self.conditional else 0
+        return self.context * self.state_dim + actions
 
+    @property
+    def out_dim(self) -> int:
+        """Width of one proposal: ``segment`` states."""
+        return self.segment * self.state_dim
 
 
 def mlp(inputs: int, outputs: int, hidden: int, layers: int, spectral: bool = False
@@ -86,7 +102,7 @@ def mlp(inputs: int, outputs: int, hidden: int, layers: int, spectral: bool = Fa
 
 
 class TrajectoryModel(nn.Module):
-    """Shared parts: normalisation, condition layout, provenance and the rollout method."""
+    """Shared parts: normalisation, condition layout, provenance and one proposal step."""
 
     def __init__(self, config: ModelConfig, state_mean: np.ndarray | None = None,
                  state_std: np.ndarray | None = None, meta: dict[str, Any] | None = None
@@ -108,17 +124,24 @@ class TrajectoryModel(nn.Module):
     def state_names(self) -> list[str] | None:
         return self.meta.get("state_names")
 
+    @property
+    def split(self) -> dict[str, Any]:
+        """The train/test split it was trained on: ``{"seed", "test_fraction"}`` (the dataset
+        reader's defaults for models saved before splits were recorded)."""
+        split = self.meta.get("split") or DEFAULT_SPLIT
+        return {k: split[k] for k in ("seed", "test_fraction")}
+
     def normalize(self, states: Tensor) -> Tensor:
         return (states - self.state_mean) / self.state_std
 
     def denormalize(self, z: Tensor) -> Tensor:
         return z * self.state_std + self.state_mean
 
-    def make_cond(self, context: Tensor, action: Tensor | None) -> Tensor:
-        """Flatten z-scored context (N, k, D) and the action (N, A) into one condition row."""
+    def make_cond(self, context: Tensor, actions: Tensor | None) -> Tensor:
+        """Flatten z-scored context (N, k, D) and the actions (N, [segment,] A) into one row."""
         parts = [context.flatten(1)]
         if self.config.conditional:
-            parts.append(action)
+            parts.append(actions.flatten(1))
         return torch.cat(parts, 1)
 
     def last_state(self, cond: Tensor) -> Tensor:
@@ -126,47 +149,60 @@ class TrajectoryModel(nn.Module):
         k, d = self.config.context, self.config.state_dim
         return cond[:, (k - 1) * d : k * d]
 
+    def anchor(self, cond: Tensor) -> Tensor:
+        """s_t repeated for every state of a proposal: the origin of residual predictions."""
+        return self.last_state(cond).repeat(1, self.config.segment)
+
     def propose(self, cond: Tensor, *, steps: int | None = None, temperature: float = 1.0,
-                extra: Callable[[Tensor, Tensor | None], Tensor] | None = None,
-                members: Tensor | None = None) -> Tensor:
-        """One sampled z-scored next state per condition row."""
+                extra: ZEnergy | None = None, members: Tensor | None = None) -> Tensor:
+        """One sampled z-scored proposal ``(N, segment * D)`` per condition row."""
+        raise NotImplementedError
+
+    def loss(self, x: Tensor, cond: Tensor) -> Tensor:
+        """The supervised training objective of a baseline (EBMs train by contrastive
+        divergence in the shared trainer instead)."""
         raise NotImplementedError
 
 
 class TrajectoryEBM(TrajectoryModel):
-    """E(context, a_t, s_{t+1}) -> scalar: an MLP on the concatenation (PAPER.md §2).
+    """E(context, actions, next states) -> scalar: an MLP on the concatenation (PAPER.md §2).
 
-    With ``delta_input`` the candidate enters as s_{t+1} - s_t: a linear change of inputs (same
-    function class) that starts the network off comparing the candidate with the present.
+    With ``delta_input`` the candidate enters as its change from s_t: a linear change of inputs
+    (same function class) that starts the network off comparing the candidate with the present.
     """
 
     def __init__(self, config: ModelConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         c = config
-        self.net = mlp(c.cond_dim + c.state_dim, 1, c.hidden, c.layers, c.spectral_norm)
+        self.net = mlp(c.cond_dim + c.out_dim, 1, c.hidden, c.layers, c.spectral_norm)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         if self.config.delta_input:
-            x = x - self.last_state(cond)
+            x = x - self.anchor(cond)
         return self.net(torch.cat([cond, x], 1)).squeeze(-1)
 
     def init_chains(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Chain starts: the last context state plus U(-a, a) noise, a = ``init_noise``."""
-        last = self.last_state(cond)
-        u = torch.rand(last.shape, generator=generator, device=last.device)
-        return last + self.config.init_noise * (2.0 * u - 1.0)
+        """Chain starts: s_t (for every state of the segment) plus U(-a, a), a = init_noise."""
+        anchor = self.anchor(cond)
+        u = torch.rand(anchor.shape, generator=generator, device=anchor.device)
+        return anchor + self.config.init_noise * (2.0 * u - 1.0)
 
     def propose(self, cond: Tensor, *, steps: int | None = None, temperature: float = 1.0,
-                extra: Callable[[Tensor, Tensor | None], Tensor] | None = None,
-                members: Tensor | None = None) -> Tensor:
+                extra: ZEnergy | None = None, members: Tensor | None = None) -> Tensor:
         energy = self if extra is None else (self, extra)
         cfg = self.config.sampler
-        return langevin(energy, self.init_chains(cond), cond, cfg,
-                        steps=cfg.steps if steps is None else steps, temperature=temperature)
+        was_training = self.training
+        self.eval()
+        try:
+            return langevin(energy, self.init_chains(cond), cond, cfg,
+                            steps=cfg.steps if steps is None else steps, temperature=temperature)
+        finally:
+            self.train(was_training)
 
 
 class FeedForward(TrajectoryModel):
-    """The paper's feed-forward baseline: s_{t+1} = s_t + f(context, a_t), trained by MSE."""
+    """The feed-forward baseline, trained by MSE: s_{t+1} = s_t + f(context, a_t), or with
+    ``residual=False`` the paper's own s_{t+1} = f(context, a_t)."""
 
     def __init__(self, config: ModelConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
@@ -174,7 +210,8 @@ class FeedForward(TrajectoryModel):
         self.net = mlp(c.cond_dim, c.state_dim, c.hidden, c.layers, c.spectral_norm)
 
     def forward(self, cond: Tensor) -> Tensor:
-        return self.last_state(cond) + self.net(cond)
+        out = self.net(cond)
+        return self.last_state(cond) + out if self.config.residual else out
 
     def loss(self, x: Tensor, cond: Tensor) -> Tensor:
         return (self(cond) - x).pow(2).mean()
@@ -185,7 +222,8 @@ class FeedForward(TrajectoryModel):
 
 
 class GaussianEnsemble(TrajectoryModel):
-    """A probabilistic ensemble (PETS): members output a diagonal Gaussian over s_{t+1} - s_t.
+    """A probabilistic ensemble (PETS): members output a diagonal Gaussian over s_{t+1} - s_t
+    (over s_{t+1} itself with ``residual=False``).
 
     Each rollout particle keeps one randomly drawn member for its whole rollout (TS-inf);
     ``temperature`` scales the variance.
@@ -200,11 +238,16 @@ class GaussianEnsemble(TrajectoryModel):
         self.max_logvar = nn.Parameter(torch.full((c.state_dim,), 0.5))
         self.min_logvar = nn.Parameter(torch.full((c.state_dim,), -10.0))
 
+    def _gaussian(self, member: nn.Module, cond: Tensor) -> tuple[Tensor, Tensor]:
+        mean, logvar = member(cond).chunk(2, dim=-1)
+        if self.config.residual:
+            mean = self.last_state(cond) + mean
+        return mean, self._bound(logvar)
+
     def forward(self, cond: Tensor) -> tuple[Tensor, Tensor]:
         """Means and log-variances, each (members, N, D)."""
-        out = torch.stack([m(cond) for m in self.members])
-        mean, logvar = out.chunk(2, dim=-1)
-        return self.last_state(cond) + mean, self._bound(logvar)
+        means, logvars = zip(*(self._gaussian(m, cond) for m in self.members), strict=True)
+        return torch.stack(means), torch.stack(logvars)
 
     def _bound(self, logvar: Tensor) -> Tensor:
         """Soft-clamp log-variances between learned bounds, as in PETS."""
@@ -216,9 +259,7 @@ class GaussianEnsemble(TrajectoryModel):
         nll = x.new_zeros(())
         for member in self.members:
             idx = torch.randint(len(x), (len(x),), generator=generator).to(x.device)
-            mean, logvar = member(cond[idx]).chunk(2, dim=-1)
-            logvar = self._bound(logvar)
-            mean = self.last_state(cond[idx]) + mean
+            mean, logvar = self._gaussian(member, cond[idx])
             nll = nll + ((mean - x[idx]).pow(2) * torch.exp(-logvar) + logvar).mean()
         nll = nll / len(self.members)
         return nll + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum()) / len(self.max_logvar)
@@ -232,6 +273,41 @@ class GaussianEnsemble(TrajectoryModel):
             rows = torch.arange(len(cond), device=cond.device)
             mean, logvar = mean[pick, rows], logvar[pick, rows]
             return mean + torch.exp(0.5 * logvar) * temperature**0.5 * torch.randn_like(mean)
+
+
+def rollout_z(model: TrajectoryModel, window: Tensor, actions: Tensor | None, horizon: int, *,
+              steps: int | None = None, temperature: float = 1.0,
+              extra: Callable[[Tensor, int], Tensor] | None = None,
+              members: Tensor | None = None, progress: Callable[[int], None] | None = None
+              ) -> Tensor:
+    """The one autoregressive rollout loop, in z units: (N, horizon, D) from (N, k, D).
+
+    ``actions`` (N, >= horizon, A) start at a_t; a segment model that would need actions past
+    the last one given repeats it (those extra predictions are dropped). ``extra(x, t)`` adds
+    an energy on a z-scored state (N, D) predicted for step ``t`` (EBMs only).
+    """
+    h, d, k = model.config.segment, model.config.state_dim, model.config.context
+    out: list[Tensor] = []
+    t = 0
+    while t < horizon:
+        act = None
+        if actions is not None:
+            act = actions[:, t : t + h]
+            if act.shape[1] < h:
+                act = torch.cat([act, act[:, -1:].expand(-1, h - act.shape[1], -1)], 1)
+        cond = model.make_cond(window, act)
+        seg_extra = None
+        if extra is not None:
+            def seg_extra(x: Tensor, _cond: Tensor | None, t0: int = t) -> Tensor:
+                return sum(extra(x[:, j * d : (j + 1) * d], t0 + j) for j in range(h))
+        nxt = model.propose(cond, steps=steps, temperature=temperature, extra=seg_extra,
+                            members=members).detach().view(len(window), h, d)
+        out.append(nxt)
+        window = torch.cat([window, nxt], 1)[:, -k:]
+        t += h
+        if progress is not None:
+            progress(h)
+    return torch.cat(out, 1)[:, :horizon]
 
 
 MODEL_CLASSES: dict[str, type[TrajectoryModel]] = {

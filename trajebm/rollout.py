@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from trajebm.data.dataset import TrajectoryDataset
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import atomic_write_bytes
-from trajebm.models import ExtraEnergy, TrajectoryModel, load_model
+from trajebm.models import ExtraEnergy, TrajectoryModel, load_model, rollout_z
 
 
 def _tensor(value: Any, name: str, device: torch.device) -> Tensor:
@@ -88,7 +89,8 @@ def predict_rollouts(
     ``langevin_steps``/``temperature`` tune EBM sampling (temperature scales the ensemble's
     variance); ``extra_energy(states (N, D) original units, step) -> (N,)`` is added to the
     EBM's energy, N = batch * samples rows ordered batch-major. Returns a numpy array when
-    ``context`` is one, else a CPU tensor. A ``seed`` makes the result reproducible.
+    ``context`` is one, else a CPU tensor. A ``seed`` makes the result reproducible. The
+    model is left on its device and in its train/eval mode.
     """
     if samples <= 0:
         raise UsageError(f"samples must be positive, got {samples}")
@@ -98,47 +100,55 @@ def predict_rollouts(
         raise UsageError(f"langevin_steps must be >= 0, got {langevin_steps}")
     if extra_energy is not None and model.kind != "ebm":
         raise UsageError(f"extra_energy steers EBM sampling; the {model.kind} model has no energy")
-    device = resolve_device(device) if device is not None else model.state_mean.device
+    home, was_training = model.state_mean.device, model.training
+    device = resolve_device(device) if device is not None else home
     as_numpy = not torch.is_tensor(context)
     ctx = _tensor(context, "context", device)
     act = None if actions is None else _tensor(actions, "actions", device)
     ctx, horizon = check_inputs(model, ctx, act, horizon)
-    model = model.to(device).eval()
-    b, k = ctx.shape[:2]
-    window = model.normalize(ctx).repeat_interleave(samples, 0)
-    act = None if act is None else act.repeat_interleave(samples, 0)
+    b = len(ctx)
+    extra = None
+    if extra_energy is not None:
+        def extra(x: Tensor, t: int) -> Tensor:
+            return extra_energy(model.denormalize(x), t)
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
-        members = None
-        if model.kind == "ensemble":
-            members = torch.randint(model.config.members, (len(window),), device=device)
-        out = []
-        for t in tqdm(range(horizon), desc=f"rollout {model.kind}", disable=not progress,
-                      leave=False):
-            cond = model.make_cond(window, None if act is None else act[:, t])
-            extra = None
-            if extra_energy is not None:
-                def extra(x: Tensor, _cond: Tensor | None, t: int = t) -> Tensor:
-                    return extra_energy(model.denormalize(x), t)
-            nxt = model.propose(cond, steps=langevin_steps, temperature=temperature,
-                                extra=extra, members=members).detach()
-            out.append(nxt)
-            window = torch.cat([window[:, 1:], nxt[:, None]], 1)
-    pred = model.denormalize(torch.stack(out, 1)).reshape(b, samples, horizon, -1).cpu()
+    try:
+        model.to(device).eval()
+        window = model.normalize(ctx).repeat_interleave(samples, 0)
+        act = None if act is None else act.repeat_interleave(samples, 0)
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None), \
+                tqdm(total=horizon, desc=f"rollout {model.kind}", disable=not progress,
+                     leave=False) as bar:
+            if seed is not None:
+                torch.manual_seed(seed)
+            members = None
+            if model.kind == "ensemble":
+                members = torch.randint(model.config.members, (len(window),), device=device)
+            pred = rollout_z(model, window, act, horizon, steps=langevin_steps,
+                             temperature=temperature, extra=extra, members=members,
+                             progress=bar.update)
+            pred = model.denormalize(pred).reshape(b, samples, horizon, -1).cpu()
+    finally:
+        model.to(home).train(was_training)
     return pred.numpy() if as_numpy else pred
 
 
+GOAL_BOUNDS = ("equal", "above", "below")
+
+
 def goal_energy(goal: Any, dims: Sequence[int], weight: float = 1.0,
-                scale: Any = None) -> ExtraEnergy:
+                scale: Any = None, bound: str = "equal") -> ExtraEnergy:
     """A quadratic steering energy ``weight * sum(((s[dims] - goal) / scale)^2)``.
 
     ``goal`` is (len(dims),) or (N, len(dims)) in original units; ``scale`` (default 1)
-    sets the per-dimension tolerance, e.g. the model's ``state_std[dims]``. The sampler runs
-    in z units, where this pull has stiffness ``weight * (std / scale)**2``: with the paper's
-    step size 1 keep that below 1 (0.1-0.5 pulls softly to firmly; >= 1 oscillates).
+    sets the per-dimension tolerance, e.g. the model's ``state_std[dims]``. ``bound="above"``
+    (``"below"``) penalises only values under (over) the goal: a one-sided constraint such as
+    "keep the object above this height". The sampler runs in z units, where this pull has
+    stiffness ``weight * (std / scale)**2``: with the paper's step size 1 keep that below 1
+    (0.1-0.5 pulls softly to firmly; >= 1 oscillates).
     """
+    if bound not in GOAL_BOUNDS:
+        raise UsageError(f"bound must be one of {', '.join(GOAL_BOUNDS)}, not {bound!r}")
     dims = list(dims)
     g = torch.as_tensor(np.asarray(goal, dtype=np.float32))
     s = torch.ones(len(dims)) if scale is None else torch.as_tensor(
@@ -148,6 +158,10 @@ def goal_energy(goal: Any, dims: Sequence[int], weight: float = 1.0,
 
     def energy(states: Tensor, step: int) -> Tensor:
         d = (states[:, dims] - g.to(states.device)) / s.to(states.device)
+        if bound == "above":
+            d = d.clamp(max=0.0)
+        elif bound == "below":
+            d = d.clamp(min=0.0)
         return weight * d.pow(2).sum(1)
 
     return energy
@@ -166,12 +180,13 @@ def check_layout(model: TrajectoryModel, state_names: Sequence[str], where: str 
 def rollout_dataset(model_path: str, data: str, out: str, horizon: int = 96, samples: int = 16,
                     episodes: int = 8, split: str = "test", langevin_steps: int | None = None,
                     temperature: float = 1.0, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
-    """Predict rollouts from the first k states of ``episodes`` episodes and save an .npz."""
-    from trajebm.data import TrajectoryDataset
-
+    """Predict rollouts from the first k states of ``episodes`` episodes of ``split`` (the
+    split the model was trained on) and save an .npz."""
     model = load_model(model_path, device)
     k = model.config.context
-    ds = TrajectoryDataset(data, context=k, dtype="float32")
+    own = model.split
+    ds = TrajectoryDataset(data, context=k, test_fraction=own["test_fraction"],
+                           seed=own["seed"], dtype="float32")
     check_layout(model, ds.metadata["trajebm"]["state_names"])
     states, actions = ds.trajectories(split)
     if not len(states):

@@ -289,6 +289,8 @@ def run_toy(out_dir: str | os.PathLike, density: str | None = None,
     n_test = min(cfg.num_test, max(len(data) // 5, 1))
     test, train = data[perm[:n_test]], data[perm[n_test:]]
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("checkpoint*.pt"):  # --overwrite: start over, do not resume
+        stale.unlink()
     write_run_info(out, cfg, cfg.seed, density=density,
                    data=None if data_path is None else os.fspath(data_path))
     result = fit_toy(train, test, out, cfg)

@@ -38,7 +38,8 @@ class ReplayBuffer:
     de-quantised as ``(bin + U(0, 1)) / 256`` when read, as in the paper's image code. Starts
     are drawn from the buffer with probability ``replay_prob`` per row once it holds more than
     a batch; the rest come from ``init``. All randomness uses the buffer's own generator, saved
-    in its state.
+    in its state (the Trainer reseeds it with ``config.seed + rank``, so ranks differ). Float
+    storage returns samples in its own dtype; uint8 storage returns float32.
     """
 
     def __init__(
@@ -77,11 +78,16 @@ class ReplayBuffer:
             return (x.detach() * 256).floor().clamp(0, 255).to(torch.uint8).cpu()
         return x.detach().to(device="cpu", dtype=self.data.dtype)
 
+    @property
+    def sample_dtype(self) -> torch.dtype:
+        """The float dtype samples come back in: float32 for uint8 storage, else the stored one."""
+        return torch.float32 if self.data.dtype == torch.uint8 else self.data.dtype
+
     def _decode(self, stored: Tensor) -> Tensor:
         if self.data.dtype == torch.uint8:
             u = torch.rand(stored.shape, generator=self.generator)
             return (stored.float() + u) / 256.0
-        return stored.float()
+        return stored.clone()
 
     def push(self, x: Tensor, cond: Tensor | None = None) -> None:
         """Add a batch of samples (and their conditions), overwriting the oldest when full."""
@@ -90,6 +96,8 @@ class ReplayBuffer:
                 f"samples must have shape (N, *{self.sample_shape}), got {tuple(x.shape)}")
         if (cond is None) != (self.cond is None):
             raise ValueError("pass cond exactly when the buffer was built with cond_shape")
+        if cond is not None:
+            self._check_cond(cond, len(x))
         x = x[-self.capacity:]
         n = x.shape[0]
         idx = (self.pos + torch.arange(n)) % self.capacity
@@ -101,7 +109,8 @@ class ReplayBuffer:
 
     def sample(self, n: int, cond: Tensor | None = None) -> BufferSample:
         """``n`` chain starts: replayed rows carry their stored condition, fresh rows ``cond``'s."""
-        fresh = self.init(n, cond.cpu() if cond is not None else None, self.generator).float()
+        fresh = self.init(n, cond.cpu() if cond is not None else None, self.generator)
+        fresh = fresh.to(self.sample_dtype)
         out_cond = None if cond is None else cond.detach().cpu().clone()
         if self.size <= n or self.replay_prob == 0.0:
             return BufferSample(fresh, out_cond, torch.zeros(n, dtype=torch.bool))
@@ -125,18 +134,39 @@ class ReplayBuffer:
             "generator": self.generator.get_state(),
         }
 
+    def _check_cond(self, cond: Tensor, rows: int, what: str = "cond") -> None:
+        shape = tuple(self.cond.shape[1:])
+        if len(cond) != rows or tuple(cond.shape[1:]) != shape:
+            raise ValueError(f"{what} must have shape ({rows}, *{shape}) to match the samples, "
+                             f"got {tuple(cond.shape)}")
+        if not torch.can_cast(cond.dtype, self.cond.dtype):
+            raise ValueError(f"{what} has dtype {cond.dtype}, which does not cast safely to the "
+                             f"buffer's {self.cond.dtype}")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        shape = tuple(state["data"].shape[1:])
-        if state["capacity"] != self.capacity or shape != self.sample_shape:
+        """Restore a :meth:`state_dict`; ValueError unless it fits this buffer exactly."""
+        data, cond = state["data"], state["cond"]
+        size, pos = int(state["size"]), int(state["pos"])
+        if state["capacity"] != self.capacity or tuple(data.shape[1:]) != self.sample_shape:
             raise ValueError("buffer state does not match this buffer's capacity or sample shape")
-        if state["data"].dtype != self.data.dtype:
-            raise ValueError(
-                f"buffer state has dtype {state['data'].dtype}, expected {self.data.dtype}")
-        if (state["cond"] is None) != (self.cond is None):
+        if data.dtype != self.data.dtype:
+            raise ValueError(f"buffer state has dtype {data.dtype}, expected {self.data.dtype}")
+        if not (0 <= size <= self.capacity and len(data) == size and 0 <= pos < self.capacity
+                and (size == self.capacity or pos == size)):
+            raise ValueError(f"buffer state is inconsistent: size {size}, position {pos}, "
+                             f"{len(data)} rows, capacity {self.capacity}")
+        if (cond is None) != (self.cond is None):
             raise ValueError("buffer state and this buffer disagree on storing conditions")
-        self.size, self.pos = int(state["size"]), int(state["pos"])
+        if cond is not None:
+            self._check_cond(cond, size, "buffer state cond")
+            if cond.dtype != self.cond.dtype:
+                raise ValueError(f"buffer state cond has dtype {cond.dtype}, "
+                                 f"expected {self.cond.dtype}")
+        if not 0.0 <= float(state["replay_prob"]) <= 1.0:
+            raise ValueError(f"buffer state replay_prob {state['replay_prob']} is not in [0, 1]")
+        self.size, self.pos = size, pos
         self.replay_prob = float(state["replay_prob"])
-        self.data[: self.size] = state["data"]
+        self.data[:size] = data
         if self.cond is not None:
-            self.cond[: self.size] = state["cond"]
+            self.cond[:size] = cond
         self.generator.set_state(state["generator"])

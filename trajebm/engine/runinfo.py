@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from trajebm.engine.errors import UsageError
 
 TRACKED_PACKAGES = (
     "trajebm", "torch", "numpy", "scipy", "h5py", "gymnasium", "gymnasium-robotics", "mujoco",
@@ -83,22 +86,34 @@ def run_info(config: Any, seed: int | None = None, **extra: Any) -> dict[str, An
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file and rename: never half-written."""
+    """Write ``data`` to ``path`` via a temp file, fsync and rename: never half-written.
+
+    On any failure the temp file is removed and ``path`` keeps its previous content; a full disk
+    (ENOSPC, EDQUOT) becomes a :class:`~trajebm.engine.errors.UsageError` saying so.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            os.chmod(tmp, 0o666 & ~umask)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UsageError(f"{path}: no space left on the device ({len(data):,} bytes to "
+                             f"write); the previous file is unchanged, free some space and "
+                             f"run again") from err
         raise
+    fsync_dir(path.parent)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -123,8 +138,6 @@ def run_folder(out_dir: str | os.PathLike, done_file: str, resume: bool = False)
 
     The check that keeps a new run from overwriting a finished one; ``resume`` allows it.
     """
-    from trajebm.engine.errors import UsageError
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory")

@@ -8,10 +8,19 @@ Two Langevin conventions are offered (PAPER.md §1):
 * ``"paper"`` (the released code of Du & Mordatch): ``x <- x + sigma*eps``, then
   ``x <- x - lambda * clip(grad E(x))``. Step size and noise are decoupled.
 * ``"textbook"``: ``x <- x - (eta/2) grad E(x) + sqrt(eta) * eps``, which samples
-  ``exp(-E / T)`` with ``T = temperature`` as ``eta -> 0``.
+  ``exp(-E)`` as ``eta -> 0``. Its noise is fixed by ``eta``, so ``noise`` must stay at its
+  default there (a ValueError otherwise).
 
 A paper-convention chain with step ``lambda`` and noise ``sigma`` is the textbook chain with
 ``eta = 2*lambda`` at temperature ``sigma**2 / (2*lambda)``; see :func:`paper_to_textbook`.
+
+``temperature`` T multiplies the noise by ``sqrt(T)`` and leaves the drift (and its clip)
+alone, so a chain that targets ``exp(-E / T0)`` targets ``exp(-E / (T * T0))`` instead, in both
+conventions, and T still acts when the gradient clip saturates.
+
+Annealing: with ``step_size_end`` the step decays polynomially along the chain,
+``s_i = (s_0 - s_end) * (1 - i / (steps - 1)) ** anneal_power + s_end`` (:func:`step_sizes`);
+the paper convention's noise scales with ``sqrt(s_i / s_0)`` so the temperature stays constant.
 """
 
 from __future__ import annotations
@@ -28,18 +37,29 @@ EnergyFn = Callable[[Tensor, "Tensor | None"], Tensor]
 Energies = EnergyFn | Sequence[EnergyFn]
 
 
+PAPER_NOISE = 0.005
+"""The paper's image noise sigma, the default of ``LangevinConfig.noise``."""
+
+
 @dataclass(frozen=True)
 class LangevinConfig:
-    """Settings of a Langevin chain; defaults are the paper's CIFAR-10 ones."""
+    """Settings of a Langevin chain; defaults are the paper's CIFAR-10 ones.
+
+    ``noise`` is the paper convention's sigma (the textbook chain's noise is set by its step).
+    ``temperature`` multiplies the noise variance (module docstring). ``step_size_end`` and
+    ``anneal_power`` anneal the step along the chain (:func:`step_sizes`); None keeps it fixed.
+    """
 
     steps: int = 60
     step_size: float = 10.0
-    noise: float = 0.005
+    noise: float = PAPER_NOISE
     convention: Literal["paper", "textbook"] = "paper"
     temperature: float = 1.0
     grad_clip: float | None = 0.01
     clip_mode: Literal["value", "norm"] = "value"
     bounds: tuple[float, float] | None = (0.0, 1.0)
+    step_size_end: float | None = None
+    anneal_power: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -50,12 +70,27 @@ class LangevinConfig:
             raise ValueError(f"noise must be >= 0, got {self.noise}")
         if self.convention not in ("paper", "textbook"):
             raise ValueError(f"convention must be 'paper' or 'textbook', got {self.convention!r}")
+        if self.convention == "textbook" and self.noise != PAPER_NOISE:
+            raise ValueError("noise applies to the paper convention only: the textbook chain's "
+                             "noise is sqrt(step_size * temperature); set temperature instead")
         if self.clip_mode not in ("value", "norm"):
             raise ValueError(f"clip_mode must be 'value' or 'norm', got {self.clip_mode!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
         if self.bounds is not None and not self.bounds[0] < self.bounds[1]:
             raise ValueError(f"bounds must be (low, high) with low < high, got {self.bounds}")
+        if self.step_size_end is not None and self.step_size_end <= 0:
+            raise ValueError(f"step_size_end must be positive or None, got {self.step_size_end}")
+        if self.anneal_power <= 0:
+            raise ValueError(f"anneal_power must be positive, got {self.anneal_power}")
+
+
+def step_sizes(config: LangevinConfig) -> list[float]:
+    """The step size of each of the chain's steps: constant, or annealed to ``step_size_end``."""
+    s0, end, n = config.step_size, config.step_size_end, config.steps
+    if end is None or n < 2:
+        return [s0] * n
+    return [(s0 - end) * (1 - i / (n - 1)) ** config.anneal_power + end for i in range(n)]
 
 
 def paper_to_textbook(step_size: float, noise: float) -> tuple[float, float]:
@@ -125,22 +160,26 @@ def langevin(
     """Run a Langevin chain from ``x`` and return the final samples (detached).
 
     ``overrides`` replace fields of ``config`` (e.g. ``steps=20``). ``mask`` (broadcastable to
-    ``x``; 1 = update, 0 = keep) freezes elements, as in inpainting. ``return_chain`` also
-    returns every state, shape ``(steps + 1, *x.shape)``. ``keep_last_graph`` keeps the autograd
-    graph of the final step so a loss on the result reaches the energy's parameters (the KL
-    term of improved contrastive divergence).
+    ``x``; 1 = update, 0 = keep) freezes elements, as in inpainting: frozen elements are neither
+    moved nor clamped to ``bounds``. ``return_chain`` also returns every state, shape
+    ``(steps + 1, *x.shape)``. ``keep_last_graph`` keeps the autograd graph of the final step so
+    a loss on the result reaches the energy's parameters (the KL term of improved contrastive
+    divergence).
     """
     cfg = replace(config or LangevinConfig(), **overrides)
-    fn = _tempered(total_energy(energy), cfg.temperature)
+    fn = total_energy(energy)
     paper = cfg.convention == "paper"
-    drift = cfg.step_size if paper else cfg.step_size / 2.0
-    noise = cfg.noise if paper else math.sqrt(cfg.step_size)
+    root_t = math.sqrt(cfg.temperature)
     if mask is not None:
         mask = mask.to(dtype=x.dtype, device=x.device)
     x = x.detach()
     chain = [x] if return_chain else None
-    for i in range(cfg.steps):
+    for i, size in enumerate(step_sizes(cfg)):
         last = keep_last_graph and i == cfg.steps - 1
+        if paper:
+            drift, noise = size, cfg.noise * math.sqrt(size / cfg.step_size) * root_t
+        else:
+            drift, noise = size / 2.0, math.sqrt(size) * root_t
         if paper and noise > 0:
             eps = torch.randn_like(x) * noise
             x = x + (eps if mask is None else eps * mask)
@@ -150,7 +189,8 @@ def langevin(
             step = step - noise * torch.randn_like(x)
         x = x - (step if mask is None else step * mask)
         if cfg.bounds is not None:
-            x = x.clamp(*cfg.bounds)
+            clamped = x.clamp(*cfg.bounds)
+            x = clamped if mask is None else torch.where(mask > 0, clamped, x)
         if not last:
             x = x.detach()
         if chain is not None:

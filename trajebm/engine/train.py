@@ -5,17 +5,22 @@ Langevin, take the loss ``mean E(x+) - mean E(x-) + alpha (mean E(x+)^2 + mean E
 optional KL term), clip gradients to Adam's bound and update. Given a ``loss_fn`` instead (the
 regression and likelihood baselines), a step minimises ``loss_fn(x, cond)`` with the same
 optimiser, schedule, checkpoints and guards. Checkpoints hold everything needed to continue
-exactly; a divergence guard rolls back to the last good checkpoint; under ``torchrun`` every rank
-keeps its own buffer and gradients are averaged.
+exactly; a divergence guard rolls back to the last good checkpoint; under ``torchrun`` the model
+is wrapped in DistributedDataParallel and every rank keeps its own buffer and data order.
+Optional: an EMA of the weights, held-out validation with best-checkpoint selection, and a
+collapse guard.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import random
 import time
+import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,23 +30,37 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from trajebm.engine.buffer import ReplayBuffer
-from trajebm.engine.runinfo import atomic_torch_save
+from trajebm.engine.errors import UsageError
+from trajebm.engine.runinfo import atomic_torch_save, atomic_write_bytes
 from trajebm.engine.sampling import LangevinConfig, langevin
 
 Batch = tuple[Tensor, "Tensor | None"]
 LossFn = Callable[[Tensor, "Tensor | None"], Tensor]
 """A supervised objective ``loss_fn(x, cond) -> scalar`` (uses the global torch RNG if any)."""
+ValidateFn = Callable[[nn.Module], dict[str, float]]
+"""``validate(model) -> {name: value}`` on held-out data; may use autograd (e.g. Langevin)."""
+
+CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "buffer", "batches", "rng",
+                   "lr_scale", "rollbacks")
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings; defaults follow PAPER.md §1 (images).
 
-    ``seed`` (+ the process rank) seeds Python, NumPy and torch when the trainer is built, so
-    initialise the model before building the trainer (ranks > 0 get rank 0's weights anyway).
+    ``seed`` (+ the process rank) seeds Python, NumPy and torch, the replay buffer's generator
+    and the batches' order (when they have ``reseed``) when the trainer is built, so initialise
+    the model before building the trainer (ranks > 0 get rank 0's weights anyway).
+
+    ``ema_decay`` > 0 keeps an exponential moving average of the weights (the weights to sample
+    with). ``validate_every`` N calls the trainer's ``validate`` every N steps and at the end
+    (0: only at the end); ``select_by`` names the validation value (lower is better) that picks
+    ``best.pt``. ``collapse_gap`` rolls back when the mean of ``e_neg - e_pos`` over the last
+    ``collapse_window`` steps exceeds it (data and samples separated outright).
     """
 
     steps: int = 1000
@@ -64,6 +83,11 @@ class TrainConfig:
     energy_limit: float = 1e4
     tensorboard: bool = False
     progress: bool = True
+    ema_decay: float = 0.0
+    validate_every: int = 0
+    select_by: str | None = None
+    collapse_gap: float | None = None
+    collapse_window: int = 50
 
     def __post_init__(self) -> None:
         if isinstance(self.sampler, dict):
@@ -75,10 +99,18 @@ class TrainConfig:
             raise ValueError("steps must be >= 0; checkpoint_every and log_every >= 1")
         if self.snapshot_every < 0 or self.snapshot_keep < 1:
             raise ValueError("snapshot_every must be >= 0 and snapshot_keep >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.validate_every < 0:
+            raise ValueError(f"validate_every must be >= 0, got {self.validate_every}")
+        if self.collapse_gap is not None and self.collapse_gap <= 0:
+            raise ValueError(f"collapse_gap must be positive or None, got {self.collapse_gap}")
+        if self.collapse_window < 1:
+            raise ValueError(f"collapse_window must be >= 1, got {self.collapse_window}")
 
 
 class Divergence(RuntimeError):
-    """A training step produced non-finite or exploding values."""
+    """A training step produced non-finite or exploding values, or the model collapsed."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -123,8 +155,13 @@ class TensorBatches:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.x, self.cond, self.batch_size = x, cond, min(batch_size, len(x))
         self.transform = transform
-        self.generator = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(len(x), generator=self.generator)
+        self.generator = torch.Generator()
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Start a fresh order from ``seed`` (the trainer passes ``config.seed + rank``)."""
+        self.generator.manual_seed(seed)
+        self.perm = torch.randperm(len(self.x), generator=self.generator)
         self.pos = 0
 
     def __iter__(self) -> Iterator[Batch]:
@@ -195,9 +232,103 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def checkpoint_name(rank: int) -> str:
+    """The checkpoint file of a rank: ``checkpoint.pt`` for rank 0, ``checkpoint.rank{r}.pt``."""
+    return "checkpoint.pt" if rank == 0 else f"checkpoint.rank{rank}.pt"
+
+
 def snapshot_paths(run_dir: str | os.PathLike) -> list[Path]:
     """A run's weight snapshots (``Trainer.save_snapshot``), oldest first."""
     return sorted((Path(run_dir) / "snapshots").glob("step*.pt"))
+
+
+def checksum(obj: Any, crc: int = 0) -> int:
+    """CRC32 of a nested state (tensor and array bytes, the repr of keys and other leaves).
+
+    Stored in checkpoints: torch.load does not notice damage inside tensor data; this does.
+    """
+    if torch.is_tensor(obj):
+        obj = obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    if isinstance(obj, np.ndarray):
+        crc = zlib.crc32(f"{obj.dtype.str}{obj.shape}".encode(), crc)
+        return zlib.crc32(np.ascontiguousarray(obj).tobytes(), crc)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            crc = checksum(v, zlib.crc32(repr(k).encode(), crc))
+        return crc
+    if isinstance(obj, (list, tuple)):
+        for v in obj:
+            crc = checksum(v, crc)
+        return crc
+    return zlib.crc32(repr(obj).encode(), crc)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A trainer checkpoint's contents; UsageError naming the file if it is not one."""
+    path = Path(path)
+    unreadable = (f"{path} is not a readable checkpoint (truncated or corrupted: {{}}); delete "
+                  f"the run's checkpoints to start over")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise UsageError(unreadable.format(type(err).__name__)) from err
+    if not isinstance(state, dict) or not all(k in state for k in CHECKPOINT_KEYS):
+        raise UsageError(f"{path} is not a trainer checkpoint")
+    stored = state.pop("checksum", None)
+    if stored is not None and stored != checksum(state):
+        raise UsageError(unreadable.format("checksum mismatch"))
+    return state
+
+
+class _Objective(nn.Module):
+    """``loss_fn`` as a module over ``model``'s parameters, so DDP sees the loss's forward."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, x: Tensor, cond: Tensor | None) -> Tensor:
+        return self.loss_fn(x, cond)
+
+
+class _MetricsLog:
+    """``metrics.csv``: one row per logged step, cut back to a step on resume and rollback."""
+
+    def __init__(self, path: Path, step: int) -> None:
+        self.path, self.fields, self.rows, self.file = path, [], [], None
+        if path.exists():
+            text = path.read_text()
+            reader = csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1]))  # no cut line
+            self.fields, self.rows = list(reader.fieldnames or []), list(reader)
+        self.truncate(step)
+
+    def truncate(self, step: int) -> None:
+        """Drop the rows after ``step`` and rewrite the file atomically."""
+        self.rows = [r for r in self.rows if int(r["step"]) <= step]
+        if not self.rows:
+            self.fields = []
+        if self.file is not None:
+            self.file.close()
+        text = io.StringIO()
+        if self.fields:
+            writer = csv.DictWriter(text, self.fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        atomic_write_bytes(self.path, text.getvalue().encode())
+        self.file = open(self.path, "a", newline="")
+
+    def write(self, row: dict[str, float]) -> None:
+        new = [k for k in row if k not in self.fields]
+        self.rows.append(row)
+        if new:
+            self.fields += new
+            self.truncate(int(row["step"]))
+            return
+        csv.DictWriter(self.file, self.fields).writerow(row)
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class Trainer:
@@ -208,16 +339,28 @@ class Trainer:
     ``buffer`` supplies chain starts and holds the negatives. With ``loss_fn`` the model is
     trained on that objective instead (no buffer, no sampling). Outputs go to ``out_dir``:
     ``checkpoint.pt`` (``checkpoint.rank{r}.pt`` for ranks > 0), ``metrics.csv``, ``events.log``;
-    with ``config.snapshot_every`` also ``snapshots/step{N}.pt`` (weights only, for ensembles).
+    with ``config.snapshot_every`` also ``snapshots/step{N}.pt`` (weights only, for ensembles);
+    with ``validate`` and ``config.select_by`` also ``best.pt`` (the best weights, EMA if on;
+    without ``validate`` nothing is validated or selected).
+
+    Langevin chains run with the model in eval mode (no dropout, no spectral-norm power
+    iteration), so every chain samples one fixed energy; the loss forward runs in train mode.
+    Under ``torchrun`` only that loss forward goes through DistributedDataParallel (gradients
+    averaged); chains call the plain module, so they never trigger a gradient sync.
+    ``validate(model)`` runs on rank 0 in eval mode (EMA weights swapped in when EMA is on)
+    inside a forked RNG, so a run with validation trains exactly as the same run without it;
+    its values go to ``metrics.csv`` and TensorBoard as ``val_<key>`` (keys already starting
+    with ``val_`` keep their name).
     """
 
     def __init__(self, model: nn.Module, batches: Iterator[Batch], buffer: ReplayBuffer | None,
                  config: TrainConfig, out_dir: str | os.PathLike,
-                 device: str | torch.device = "cpu", loss_fn: LossFn | None = None) -> None:
+                 device: str | torch.device = "cpu", loss_fn: LossFn | None = None,
+                 validate: ValidateFn | None = None) -> None:
         if (buffer is None) == (loss_fn is None):
             raise ValueError("give the Trainer a replay buffer (EBM) or a loss_fn, not both")
         self.model, self.batches, self.buffer, self.config = model, batches, buffer, config
-        self.loss_fn = loss_fn
+        self.loss_fn, self.validate = loss_fn, validate
         self.device = torch.device(device)
         self.out_dir = Path(out_dir)
         self.rank, self.world_size = world()
@@ -229,10 +372,23 @@ class Trainer:
         self.rollbacks = 0
         self.lr_scale = 1.0
         self.tb = None
-        seed_everything(config.seed + self.rank)
-        if self.world_size > 1:
-            for t in list(model.parameters()) + list(model.buffers()):
-                dist.broadcast(t.data, src=0)
+        self.best_step: int | None = None
+        self.best_value = math.inf
+        self.gaps: deque[float] = deque(maxlen=config.collapse_window)
+        seed = config.seed + self.rank
+        seed_everything(seed)
+        if buffer is not None:
+            buffer.generator.manual_seed(seed)
+        if hasattr(batches, "reseed"):
+            batches.reseed(seed)
+        self.net: nn.Module = model
+        if loss_fn is not None:  # late-bound, so a replaced self.loss_fn takes effect
+            self.net = _Objective(model, lambda x, cond: self.loss_fn(x, cond))
+        if self.world_size > 1:  # broadcasts rank 0's weights; the same parameters are used
+            ids = [self.device.index] if self.device.type == "cuda" else None  # every step
+            self.net = DistributedDataParallel(self.net, device_ids=ids, static_graph=True)
+        self._param_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+        self.ema = self._weights() if config.ema_decay > 0 else None
 
     def lr_factor(self, step: int) -> float:
         """Learning-rate multiplier: linear warm-up, then optionally a cosine decay to zero."""
@@ -245,8 +401,24 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        name = "checkpoint.pt" if self.rank == 0 else f"checkpoint.rank{self.rank}.pt"
-        return self.out_dir / name
+        return self.out_dir / checkpoint_name(self.rank)
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    def _weights(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def ema_state_dict(self) -> dict[str, Tensor] | None:
+        """The EMA of the weights (buffers copied), the weights to sample with; None when off."""
+        return None if self.ema is None else {k: v.clone() for k, v in self.ema.items()}
+
+    def best_state_dict(self) -> dict[str, Tensor] | None:
+        """The weights of the best validation so far (from ``best.pt``); None if none yet."""
+        if self.best_step is None or not self.best_path.exists():
+            return None
+        return torch.load(self.best_path, map_location="cpu", weights_only=True)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: model, optimiser, buffer, data, RNGs, step."""
@@ -261,6 +433,10 @@ class Trainer:
             "lr_scale": self.lr_scale,
             "rollbacks": self.rollbacks,
             "config": asdict(self.config),
+            "ema": self.ema,
+            "best_step": self.best_step,
+            "best_value": self.best_value,
+            "collapse_gaps": list(self.gaps),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -274,10 +450,20 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step, self.lr_scale = int(state["step"]), float(state["lr_scale"])
         self.rollbacks = int(state["rollbacks"])
+        if self.ema is not None:
+            saved = state.get("ema")
+            self.ema = self._weights() if saved is None else {
+                k: v.to(self.device).clone() for k, v in saved.items()}
+        self.best_step = state.get("best_step")
+        self.best_value = float(state.get("best_value", math.inf))
+        self.gaps.clear()
+        self.gaps.extend(state.get("collapse_gaps", []))
 
     def save_checkpoint(self) -> Path:
-        """Atomically write the current state to :attr:`checkpoint_path`."""
-        return atomic_torch_save(self.state_dict(), self.checkpoint_path)
+        """Atomically write the current state, with its :func:`checksum`, to the checkpoint."""
+        state = self.state_dict()
+        state["checksum"] = checksum(state)
+        return atomic_torch_save(state, self.checkpoint_path)
 
     def save_snapshot(self) -> Path:
         """Write the weights alone to ``snapshots/step{N}.pt``; keep the newest ``snapshot_keep``.
@@ -293,39 +479,138 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
-        state = torch.load(path or self.checkpoint_path, map_location="cpu", weights_only=False)
-        self.load_state_dict(state)
+        """Restore the trainer from a checkpoint; UsageError naming the file if it is unusable."""
+        path = Path(path or self.checkpoint_path)
+        self._apply(path, read_checkpoint(path))
 
-    def _allreduce_grads(self) -> None:
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+    def _apply(self, path: Path, state: dict[str, Any]) -> None:
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(f"{path} does not fit this run ({reason})") from err
+
+    def _gather(self, value: int) -> list[int]:
+        if self.world_size == 1:
+            return [value]
+        t = torch.tensor([value], device=self.device)
+        out = [torch.zeros_like(t) for _ in range(self.world_size)]
+        dist.all_gather(out, t)
+        return [int(v.item()) for v in out]
 
     def _any_rank(self, flag: bool) -> bool:
-        if self.world_size == 1:
-            return flag
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t)
-        return bool(t.item() > 0)
+        return any(self._gather(int(flag)))
 
-    def _update(self, loss: Tensor, stats: list[float]) -> None:
-        """Backward, average across ranks, clip, check ``stats`` ([loss, ..., max |E|]), step."""
+    def _resume_state(self, resume: bool) -> dict[str, Any] | None:
+        """The checkpoint to resume from (None: start fresh), agreed on by every rank.
+
+        Without ``resume`` an existing checkpoint on any rank is refused. With it, either no
+        rank has one (fresh start) or all have readable ones from the same step; anything
+        else stops every rank with a UsageError naming the file.
+        """
+        path = self.checkpoint_path
+        if not resume:
+            found = [r for r, flag in enumerate(self._gather(int(path.exists()))) if flag]
+            if found:
+                raise UsageError(f"{self.out_dir} holds a run in progress "
+                                 f"({checkpoint_name(found[0])}); pass resume=True (--resume) "
+                                 f"or choose another folder")
+            return None
+        state, error = None, None
+        if path.exists():
+            try:
+                state = read_checkpoint(path)
+            except UsageError as err:
+                error = err
+        code = -1 if not path.exists() else -2 if state is None else int(state["step"])
+        codes = self._gather(code)
+        names = [self.out_dir / checkpoint_name(r) for r in range(self.world_size)]
+        if all(c == -1 for c in codes):
+            return None
+        if error is not None:
+            raise error
+        if -2 in codes:
+            raise UsageError(f"{names[codes.index(-2)]} is not a readable checkpoint (truncated "
+                             f"or corrupted); delete the run's checkpoints to start over")
+        if -1 in codes:
+            good = next(c for c in codes if c >= 0)
+            raise UsageError(f"cannot resume: {names[codes.index(-1)]} is missing while other "
+                             f"ranks' checkpoints are at step {good}; every rank needs its own")
+        if min(codes) != max(codes):
+            stale = codes.index(min(codes))
+            raise UsageError(f"cannot resume: {names[stale]} is at step {min(codes)} but "
+                             f"{names[codes.index(max(codes))]} at step {max(codes)}; the "
+                             f"ranks' checkpoints must come from the same step")
+        return state
+
+    def _remove_stale_temps(self) -> None:
+        """Delete temp files a kill during an atomic write left behind (never read anyway)."""
+        patterns = [f".{self.checkpoint_path.name}.*.tmp"]
+        if self.rank == 0:
+            patterns += [".best.pt.*.tmp", ".metrics.csv.*.tmp", "snapshots/.step*.pt.*.tmp"]
+        for pattern in patterns:
+            for tmp in self.out_dir.glob(pattern):
+                tmp.unlink(missing_ok=True)
+
+    def _check_finite_state(self) -> None:
+        """Raise :class:`Divergence` rather than save non-finite weights or optimiser state."""
+        parts = {f"weight {k}": v for k, v in self.model.state_dict().items()}
+        parts.update({f"EMA {k}": v for k, v in (self.ema or {}).items()})
+        for i, s in enumerate(self.optimizer.state.values()):
+            parts.update({f"optimiser state {i}.{k}": v for k, v in s.items()
+                          if torch.is_tensor(v)})
+        bad = next((name for name, t in parts.items()
+                    if t.is_floating_point() and not torch.isfinite(t).all()), None)
+        if self._any_rank(bad is not None):
+            raise Divergence(f"step {self.step}: non-finite {bad or 'state on another rank'}; "
+                             f"not saving it")
+
+    def _bad_update(self, stats: list[float]) -> str | None:
+        """Why this step's update must not be applied (stats: [loss, ..., max |E|]), or None."""
+        if not all(math.isfinite(v) for v in stats) or stats[-1] > self.config.energy_limit:
+            return f"step {self.step + 1}: loss={stats[0]:.4g}, max |E|={stats[-1]:.4g}"
+        named = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        if named and not torch.stack([torch.isfinite(g).all() for _, g in named]).all():
+            bad = next(n for n, g in named if not torch.isfinite(g).all())
+            return f"step {self.step + 1}: non-finite gradient in {bad}"
+        return None
+
+    def _update(self, loss: Tensor, stats: list[float], reason: str | None = None) -> None:
+        """Backward (DDP averages across ranks), check, clip to Adam's bound, step, update EMA."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.world_size > 1:
-            self._allreduce_grads()
+        reason = reason or self._bad_update(stats)
+        if self._any_rank(reason is not None):
+            raise Divergence(reason or f"step {self.step + 1}: another rank diverged")
         if self.config.adam_clip:
             clip_to_adam_bound(self.optimizer)
-        bad = not all(math.isfinite(v) for v in stats) or stats[-1] > self.config.energy_limit
-        if self._any_rank(bad):
-            raise Divergence(f"step {self.step}: loss={stats[0]:.4g}, max |E|={stats[-1]:.4g}")
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self._update_ema()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.config.ema_decay
+        for k, v in self.model.state_dict().items():
+            avg = self.ema[k]
+            if k in self._param_names and avg.is_floating_point():
+                avg.mul_(decay).add_(v, alpha=1.0 - decay)
+            else:
+                avg.copy_(v)
+
+    def _collapse(self, e_pos: float, e_neg: float) -> str | None:
+        """Why the model counts as collapsed (mean e_neg - e_pos over the window), or None."""
+        cfg = self.config
+        self.gaps.append(e_neg - e_pos)
+        if cfg.collapse_gap is None or len(self.gaps) < cfg.collapse_window:
+            return None
+        gap = sum(self.gaps) / len(self.gaps)
+        if gap <= cfg.collapse_gap:
+            return None
+        return (f"step {self.step + 1}: collapse: mean E(x-) - E(x+) over the last "
+                f"{cfg.collapse_window} steps is {gap:.3f} > collapse_gap {cfg.collapse_gap:g} "
+                f"(the model separates data from its samples; chains no longer reach the data)")
 
     def train_step(self) -> dict[str, float]:
         """One update; raises :class:`Divergence` before a bad update."""
@@ -333,8 +618,9 @@ class Trainer:
         x_pos, cond = next(self.batches)
         x_pos = x_pos.to(self.device)
         cond = None if cond is None else cond.to(self.device)
+        self.model.train()
         if self.loss_fn is not None:
-            loss = self.loss_fn(x_pos, cond)
+            loss = self.net(x_pos, cond)
             value = loss.detach().item()
             self._update(loss, [value, abs(value)])
             self.step += 1
@@ -343,10 +629,14 @@ class Trainer:
         c_neg = cond if cfg.negatives_cond == "data" or start.cond is None else start.cond
         c_neg = None if c_neg is None else c_neg.to(self.device)
         kl = cfg.kl_weight > 0
-        x_neg = langevin(self.model, start.x.to(self.device), c_neg, cfg.sampler,
-                         keep_last_graph=kl)
+        self.model.eval()
+        try:
+            x_neg = langevin(self.model, start.x.to(self.device), c_neg, cfg.sampler,
+                             keep_last_graph=kl)
+        finally:
+            self.model.train()
         both_cond = None if cond is None else torch.cat([cond, c_neg])
-        energies = self.model(torch.cat([x_pos, x_neg.detach()]), both_cond)
+        energies = self.net(torch.cat([x_pos, x_neg.detach()]), both_cond)
         e_pos, e_neg = energies[: len(x_pos)], energies[len(x_pos):]
         loss, penalty = cd_loss(e_pos, e_neg, cfg.alpha)
         kl_term = torch.zeros((), device=self.device)
@@ -357,12 +647,53 @@ class Trainer:
         stats = torch.stack([loss.detach(), e_pos.detach().mean(), e_neg.detach().mean(),
                              penalty.detach(), kl_term.detach(),
                              energies.detach().abs().max()]).tolist()
-        self._update(loss, stats)
+        self._update(loss, stats, self._collapse(stats[1], stats[2]))
         self.buffer.push(x_neg.detach(), c_neg)
         self.step += 1
         return {"loss": stats[0], "e_pos": stats[1], "e_neg": stats[2], "l2": stats[3],
                 "kl": stats[4], "lr": self.optimizer.param_groups[0]["lr"],
                 "replayed": float(start.replayed.float().mean())}
+
+    def run_validation(self) -> dict[str, float]:
+        """``validate(model)`` on rank 0, its values shared with every rank.
+
+        EMA weights in (when on), eval mode, every RNG restored after: training is unchanged.
+        """
+        values = None
+        if self.rank == 0:
+            saved = self._weights() if self.ema is not None else None
+            if self.ema is not None:
+                self.model.load_state_dict(self.ema)
+            py, npy = random.getstate(), np.random.get_state()
+            cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+            self.model.eval()
+            try:
+                with torch.random.fork_rng(devices=cuda):
+                    values = {k: float(v) for k, v in self.validate(self.model).items()}
+            finally:
+                random.setstate(py)
+                np.random.set_state(npy)
+                self.model.train()
+                if saved is not None:
+                    self.model.load_state_dict(saved)
+        if self.world_size > 1:
+            box = [values]
+            dist.broadcast_object_list(box, src=0)
+            values = box[0]
+        return values
+
+    def _select(self, values: dict[str, float]) -> None:
+        """Keep ``best.pt`` when ``values[select_by]`` beats the best so far (lower is better)."""
+        key = self.config.select_by
+        if key is None:
+            return
+        if key not in values:
+            raise ValueError(f"select_by={key!r} is not among validate's values {list(values)}")
+        if values[key] < self.best_value:
+            self.best_step, self.best_value = self.step, values[key]
+            if self.rank == 0:
+                weights = self.ema if self.ema is not None else self.model.state_dict()
+                atomic_torch_save(weights, self.best_path)
 
     def _rollback(self, reason: Divergence) -> None:
         self.rollbacks += 1
@@ -372,7 +703,10 @@ class Trainer:
                 f"training diverged {count} times (last: {reason}); gave up after "
                 f"{self.config.max_rollbacks} rollbacks. Try a lower lr, more Langevin steps or "
                 f"a larger alpha; the last good state is in {self.checkpoint_path}")
+        best = self.best_step, self.best_value
         self.load_checkpoint()
+        self.best_step, self.best_value = best  # best.pt may be newer than the checkpoint
+        self.gaps.clear()
         self.rollbacks = count
         self.lr_scale = self.config.rollback_lr_scale**count
         base = self.config.lr * self.lr_scale
@@ -394,29 +728,33 @@ class Trainer:
         with open(self.out_dir / "events.log", "a") as f:
             f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
 
-    def _open_log(self) -> tuple[Any, Any]:
-        path = self.out_dir / "metrics.csv"
-        rows = []
-        if path.exists():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
-        f = open(path, "w", newline="")
-        writer = None
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        return f, writer
+    def _start(self, resume: bool) -> None:
+        self._remove_stale_temps()
+        state = self._resume_state(resume)
+        if state is None:
+            self._check_finite_state()
+            self.save_checkpoint()
+            return
+        error = None
+        try:
+            self._apply(self.checkpoint_path, state)
+        except UsageError as err:
+            error = err
+        if self._any_rank(error is not None):  # every rank stops, none waits for the others
+            raise error or UsageError("another rank's checkpoint does not fit this run")
+        self._event(f"resumed from {self.checkpoint_path} at step {self.step}")
+        if state["batches"] is None or not hasattr(self.batches, "load_state_dict"):
+            self._event("the batches have no saved state: their order restarts, so this resumed "
+                        "run differs from an unbroken one")
 
     def fit(self, resume: bool = False) -> dict[str, float]:
-        """Train until ``config.steps``; with ``resume`` continue from the checkpoint in out_dir."""
+        """Train until ``config.steps``; with ``resume`` continue from the checkpoint in out_dir.
+
+        Without ``resume`` a folder already holding a checkpoint is refused (UsageError).
+        """
         cfg = self.config
-        if resume and self.checkpoint_path.exists():
-            self.load_checkpoint()
-            self._event(f"resumed from {self.checkpoint_path} at step {self.step}")
-        else:
-            self.save_checkpoint()
-        log_file, writer = self._open_log() if self.rank == 0 else (None, None)
+        self._start(resume)
+        log = _MetricsLog(self.out_dir / "metrics.csv", self.step) if self.rank == 0 else None
         if cfg.tensorboard and self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -429,33 +767,44 @@ class Trainer:
                 t0 = time.perf_counter()
                 try:
                     last = self.train_step()
+                    step, end = self.step, self.step == cfg.steps
+                    checkpoint = step % cfg.checkpoint_every == 0 or end
+                    snapshot = cfg.snapshot_every and step % cfg.snapshot_every == 0
+                    validating = self.validate is not None and (
+                        end or (cfg.validate_every and step % cfg.validate_every == 0))
+                    if checkpoint or snapshot or validating:
+                        self._check_finite_state()
+                    values = self.run_validation() if validating else {}
                 except Divergence as err:
                     self._rollback(err)
+                    if log is not None:
+                        log.truncate(self.step)
                     bar.n = self.step
                     continue
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                last.update({k if k.startswith("val_") else f"val_{k}": v
+                             for k, v in values.items()})
+                if step % cfg.log_every == 0 or end or values:
                     last["sec_per_step"] = time.perf_counter() - t0
                     bar.set_postfix({k: f"{last[k]:.3f}" for k in ("loss", "e_pos", "e_neg")
                                      if k in last})
-                    if writer is None and log_file is not None:
-                        writer = csv.DictWriter(log_file, fieldnames=["step", *last])
-                        writer.writeheader()
-                    if writer is not None:
-                        writer.writerow({"step": self.step, **last})
-                        log_file.flush()
+                    if log is not None:
+                        log.write({"step": step, **last})
                     if self.tb is not None:
                         for k, v in last.items():
-                            self.tb.add_scalar(k, v, self.step)
-                if (cfg.snapshot_every and self.rank == 0
-                        and self.step % cfg.snapshot_every == 0):
+                            self.tb.add_scalar(k, v, step)
+                if snapshot and self.rank == 0:
                     self.save_snapshot()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if values:
+                    self._select(values)
+                if checkpoint:
                     self.save_checkpoint()
         finally:
             bar.close()
-            if log_file is not None:
-                log_file.close()
+            if log is not None:
+                log.close()
             if self.tb is not None:
                 self.tb.close()
-        return {"step": self.step, "rollbacks": self.rollbacks, **last}
+        best = {} if self.best_step is None else {"best_step": self.best_step,
+                                                  "best_value": self.best_value}
+        return {"step": self.step, "rollbacks": self.rollbacks, **last, **best}

@@ -194,6 +194,7 @@ def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
     metadata, states, actions = storage.load_arrays(path)
     own = metadata["trajebm"]
     lengths = [len(a) for a in actions]
+    floored = NormStats.of(np.concatenate(states)).floored if states else ()
     return {
         "path": str(path),
         "dataset_id": metadata["dataset_id"],
@@ -209,6 +210,7 @@ def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
         "versions": own["collection"]["versions"],
         "git_commit": own["git_commit"],
         "minari_version": metadata["minari_version"],
+        "normalization_floored": [own["state_names"][i] for i in floored],
     }
 
 
@@ -230,5 +232,7 @@ def format_info(info: dict[str, Any]) -> str:
         "versions": " ".join(f"{k}={v}" for k, v in info["versions"].items()),
         "git commit": info["git_commit"],
         "minari format": info["minari_version"],
+        "near-constant": ", ".join(info["normalization_floored"]) or "none (no dim hits the "
+                         "z-score floor)",
     }
     return "\n".join(f"{key + ':':<15}{value}" for key, value in lines.items())

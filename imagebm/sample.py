@@ -35,13 +35,12 @@ from imagebm.train import (
     chain_init,
     load_image_run,
     load_weights,
-    read_checkpoint,
 )
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import atomic_write_bytes, write_run_info
 from trajebm.engine.sampling import langevin
-from trajebm.engine.train import snapshot_paths
+from trajebm.engine.train import read_checkpoint, snapshot_paths
 
 STARTS = ("noise", "buffer")
 

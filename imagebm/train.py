@@ -35,7 +35,14 @@ from trajebm.engine.errors import UsageError
 from trajebm.engine.modelfile import load_model_file, save_model_file
 from trajebm.engine.runinfo import run_folder, write_run_info
 from trajebm.engine.sampling import LangevinConfig
-from trajebm.engine.train import TensorBatches, TrainConfig, Trainer, init_distributed, world
+from trajebm.engine.train import (
+    TensorBatches,
+    TrainConfig,
+    Trainer,
+    init_distributed,
+    read_checkpoint,
+    world,
+)
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -210,10 +217,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | os.PathLike,
     """
     device = init_distributed(resolve_device(device))
     rank, _ = world()
-    out = run_folder(out_dir, MODEL_FILE, resume)
-    if not resume and (out / CHECKPOINT_FILE).exists():
-        raise UsageError(f"{out} holds an unfinished run ({CHECKPOINT_FILE}); pass --resume to "
-                         f"continue it, or choose another --out")
+    out = run_folder(out_dir, MODEL_FILE, resume, CHECKPOINT_FILE)
     seed = cfg.train.seed
     data = load_training_data(cfg, data_root)
     mcfg = model_config(cfg, data.num_classes)
@@ -283,22 +287,6 @@ def _run_config(record: Any, source: Path) -> ImageTrainConfig:
         return ImageTrainConfig(**_tuples(record))
     except (TypeError, ValueError) as err:
         raise UsageError(f"{source}: unusable run config ({err})") from None
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A trainer checkpoint: model, optimiser, buffer and RNG states; UsageError if unreadable.
-
-    It holds NumPy's RNG state, so it is not loadable with ``weights_only``; only open
-    checkpoints of runs you trust (models go to ``model.pt``, which is).
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UsageError(f"{path}: not a readable trainer checkpoint ({type(err).__name__})"
-                         ) from None
-    if not isinstance(state, dict) or not {"model", "buffer"} <= state.keys():
-        raise UsageError(f"{path}: not a trainer checkpoint")
-    return state
 
 
 def load_weights(model: ImageEBM, weights: Any, source: Path) -> ImageEBM:

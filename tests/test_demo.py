@@ -19,13 +19,14 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     import imageio.v3 as iio
 
     video = iio.imread(out / "rollouts.mp4")
-    assert video.shape[0] == report["horizon"] and video.shape[2] == 5 * video.shape[1]  # 5 panels
+    assert video.shape[0] == report["horizon"]
+    assert video.shape[2] == 6 * video.shape[1]  # truth + 5 models
     text = (out / "README.md").read_text()
     assert "rollouts.mp4" in text
-    for name in ("ebm", "ebm-uncond", "fc", "ensemble", "train vs test", "fd@96"):
+    for name in ("ebm", "ebm-uncond", "fc", "fc-paper", "ensemble", "train vs test", "fd@96"):
         assert name in text
     assert set(json.loads((out / "metrics.json").read_text())["models"]) == {
-        "ebm", "ebm-uncond", "fc", "ensemble"}
+        "ebm", "ebm-uncond", "fc", "fc-paper", "ensemble"}
     assert report["timings"]["total"] > 0 and report["dataset_id"] == "trajebm/hand-demo-v0"
     status = main(["demo", "--out", str(tmp_path / "demo"), "--episodes", "20", "--length",
                    "12", "--ebm-steps", "4", "--baseline-steps", "6", "--samples", "2",

@@ -95,7 +95,7 @@ def test_resumed_image_run_equals_unbroken_run(tmp_path, trained):
     a_dir, cfg, unbroken = trained
     train_images(tiny(3), tmp_path / "b", progress=False)
     (tmp_path / "b" / "model.pt").unlink()
-    with pytest.raises(UsageError, match="unfinished run"):  # not overwritten without resume
+    with pytest.raises(UsageError, match="run in progress"):  # not overwritten without resume
         train_images(tiny(6), tmp_path / "b", progress=False)
     resumed = train_images(tiny(6), tmp_path / "b", resume=True, progress=False)
     for a, b in zip(unbroken.state_dict().values(), resumed.state_dict().values(), strict=True):
@@ -126,7 +126,7 @@ def test_run_files_hold_the_composed_config_and_load_back(tmp_path, trained):
     buffer_start = SampleConfig(start="buffer", num=4, chunks=0)
     for bad in (lambda: load_image_run(training),
                 lambda: sample_images(run, buffer_start, progress=False)):
-        with pytest.raises(UsageError, match="checkpoint.pt: not a readable trainer checkpoint"):
+        with pytest.raises(UsageError, match="checkpoint.pt is not a readable checkpoint"):
             bad()
     flat = dict(record["config"])  # the layout before the trainer's settings moved to `train`
     flat.update(flat.pop("train"))

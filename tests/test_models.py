@@ -135,8 +135,8 @@ def test_kl_term_changes_the_update(root, tmp_path):
     assert info["config"]["train"]["kl_weight"] == 0.5
 
 
-SPECS = ["ebm:context_noise=0.1", "ebm:rollout_fraction=0.5,rollout_horizon=3,rollout_every=4",
-         "ebm:segment=3", "fc-paper", "fc:rollout_fraction=0.5,rollout_horizon=3,rollout_every=4",
+DAD = "rollout_fraction=0.5,rollout_horizon=3,rollout_every=4,rollout_start=2"
+SPECS = ["ebm:context_noise=0.1", f"ebm:{DAD}", "ebm:segment=3", "fc-paper", f"fc:{DAD}",
          "ensemble:context_noise=0.1", "ebm:ema_decay=0.9", "ebm-uncond:segment=2"]
 
 

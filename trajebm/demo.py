@@ -16,8 +16,8 @@ from typing import Any
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import atomic_write_bytes, write_run_info
 from trajebm.evaluate import EvalConfig, evaluate, markdown_table
-from trajebm.fit import FitConfig, fit_model, trajectory_train_config
-from trajebm.models import MODEL_FILE, ModelConfig
+from trajebm.fit import fit_model, variant_config
+from trajebm.models import MODEL_FILE
 
 
 @dataclass
@@ -40,12 +40,8 @@ class DemoConfig:
 
 
 DATASET_ID = "trajebm/hand-demo-v0"
-MODELS = {
-    "ebm": ModelConfig(kind="ebm"),
-    "ebm-uncond": ModelConfig(kind="ebm", conditional=False),
-    "fc": ModelConfig(kind="fc"),
-    "ensemble": ModelConfig(kind="ensemble"),
-}
+MODELS = ("ebm", "ebm-uncond", "fc", "fc-paper", "ensemble")
+"""Named variants (:data:`trajebm.fit.VARIANTS`) the demo trains, with their defaults."""
 
 
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None) -> dict[str, Any]:
@@ -69,17 +65,18 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None) -> di
             progress=cfg.progress)
     timings["collect"] = time.perf_counter() - t0
     runs = []
-    for name, mcfg in MODELS.items():
+    for name in MODELS:
         run = out / "runs" / name
         runs.append(run)
         if (run / MODEL_FILE).exists():
             continue
         t = time.perf_counter()
-        steps = cfg.ebm_steps if mcfg.kind == "ebm" else cfg.baseline_steps
-        fcfg = FitConfig(model=replace(mcfg), batch_size=cfg.batch_size,
-                         train=trajectory_train_config(steps=steps, seed=cfg.seed,
-                                                       progress=cfg.progress))
-        fit_model(data, run, fcfg, cfg.device, resume=run.exists())
+        fcfg = variant_config(name)
+        steps = cfg.ebm_steps if fcfg.model.kind == "ebm" else cfg.baseline_steps
+        fcfg = replace(fcfg, batch_size=cfg.batch_size,
+                       train=replace(fcfg.train, steps=steps, seed=cfg.seed,
+                                     progress=cfg.progress))
+        fit_model(data, run, fcfg, cfg.device, resume=(run / "checkpoint.pt").exists())
         timings[f"train {name}"] = time.perf_counter() - t
     t = time.perf_counter()
     ecfg = EvalConfig(horizon=cfg.horizon, samples=cfg.samples, seed=cfg.seed,

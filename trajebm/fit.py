@@ -68,6 +68,7 @@ class FitConfig:
     rollout_fraction: float = 0.0
     rollout_horizon: int = 8
     rollout_every: int = 250
+    rollout_start: int = 1000
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -83,6 +84,8 @@ class FitConfig:
             raise UsageError(f"context_noise must be >= 0, got {self.context_noise}")
         if self.val_horizon < 1 or self.rollout_horizon < 1 or self.rollout_every < 1:
             raise UsageError("val_horizon, rollout_horizon and rollout_every must be >= 1")
+        if self.rollout_start < 0:
+            raise UsageError(f"rollout_start must be >= 0, got {self.rollout_start}")
 
     @property
     def seed(self) -> int:
@@ -121,20 +124,22 @@ class TrajectoryBatches:
     targets staying true, so a model learns to pull a perturbed context back (as learned
     simulators do). With ``rollout_fraction`` > 0 that share of each batch comes from the
     model's own rollouts (DaD, Venkatraman et al. 2015; the paper's code had it as an option):
-    every ``rollout_every`` steps the model rolls out ``rollout_horizon`` steps from random
-    training windows under the true actions, and each predicted context is paired with the
-    true next state. The state (order, pool, generator) is saved, so resume is exact.
+    from step ``rollout_start`` on (an untrained model's rollouts teach nothing), every
+    ``rollout_every`` steps the model rolls out ``rollout_horizon`` steps from random training
+    windows under the true actions, and each predicted context is paired with the true next
+    state. The state (order, pool, generator) is saved, so resume is exact.
     """
 
     def __init__(self, x: Tensor, cond: Tensor, batch_size: int, seed: int = 0, *,
                  model: TrajectoryModel, context_noise: float = 0.0,
                  rollout_fraction: float = 0.0, rollout_horizon: int = 8,
-                 rollout_every: int = 250, trajectories: tuple[Tensor, Tensor] | None = None
-                 ) -> None:
+                 rollout_every: int = 250, rollout_start: int = 0,
+                 trajectories: tuple[Tensor, Tensor] | None = None) -> None:
         self.x, self.cond, self.batch_size = x, cond, min(batch_size, len(x))
         self.model, self.context_noise = model, context_noise
         self.rollout_fraction, self.rollout_horizon = rollout_fraction, rollout_horizon
-        self.rollout_every, self.trajectories = rollout_every, trajectories
+        self.rollout_every, self.rollout_start = rollout_every, rollout_start
+        self.trajectories = trajectories
         if rollout_fraction > 0 and trajectories is None:
             raise ValueError("training on own rollouts needs the training trajectories")
         self.generator = torch.Generator().manual_seed(seed)
@@ -155,8 +160,8 @@ class TrajectoryBatches:
         idx = self.perm[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
         x, cond = self.x[idx], self.cond[idx].clone()
-        if self.rollout_fraction > 0:
-            if self.step % self.rollout_every == 0:
+        if self.rollout_fraction > 0 and self.step >= self.rollout_start:
+            if (self.step - self.rollout_start) % self.rollout_every == 0:
                 self.pool = self._rollout_pool()
             n = int(round(self.rollout_fraction * len(x)))
             pick = torch.randint(len(self.pool[0]), (n,), generator=self.generator)
@@ -273,8 +278,10 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
         x, cond, cfg.batch_size, seed=cfg.seed + rank, model=model,
         context_noise=cfg.context_noise, rollout_fraction=cfg.rollout_fraction,
         rollout_horizon=cfg.rollout_horizon, rollout_every=cfg.rollout_every,
+        rollout_start=cfg.rollout_start,
         trajectories=(torch.from_numpy(train_s), torch.from_numpy(train_a)))
-    tcfg = replace(cfg.train, sampler=mcfg.sampler, adam_clip=mcfg.kind == "ebm",
+    contrastive = mcfg.kind == "ebm" and mcfg.objective == "cd"
+    tcfg = replace(cfg.train, sampler=mcfg.sampler, adam_clip=contrastive,
                    negatives_cond="buffer" if cfg.replay_prob > 0 else "data")
     validate = None
     if tcfg.validate_every:
@@ -290,7 +297,7 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
         write_run_info(out, cfg, cfg.seed, dataset=meta, train_windows=len(x),
                        device=str(device))
     t0 = time.perf_counter()
-    if mcfg.kind == "ebm":
+    if contrastive:
         buffer = ReplayBuffer(cfg.buffer_capacity, (mcfg.out_dim,), context_init(model),
                               cond_shape=(mcfg.cond_dim,), replay_prob=cfg.replay_prob,
                               seed=cfg.seed)
@@ -299,7 +306,7 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
         trainer = Trainer(model, batches, None, tcfg, out, device, loss_fn=model.loss,
                           validate=validate)
     summary = trainer.fit(resume=resume)
-    if mcfg.kind == "ebm" and (message := collapse_message(summary)) is not None:
+    if contrastive and (message := collapse_message(summary)) is not None:
         warnings.warn(message, stacklevel=2)
     chosen = trainer.best_state_dict() or trainer.ema_state_dict()
     if chosen is not None:
@@ -330,13 +337,18 @@ def collapse_message(summary: dict[str, float]) -> str | None:
             f"gap opened), lower the lr or set a collapse guard (--collapse-gap).")
 
 
+_CD = {"kind": "ebm", "objective": "cd", "activation": "lrelu"}
+_DSM = {"kind": "ebm", "objective": "dsm", "activation": "silu"}
+_BASELINE = {"conditional": True, "residual": True, "activation": "lrelu"}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "ebm": {"kind": "ebm", "conditional": True},
-    "ebm-uncond": {"kind": "ebm", "conditional": False},
-    "fc": {"kind": "fc", "conditional": True, "residual": True},
-    "fc-paper": {"kind": "fc", "conditional": True, "residual": False},
-    "ensemble": {"kind": "ensemble", "conditional": True, "residual": True},
-    "ebm-paper": {"kind": "ebm", "conditional": True, "paper": True},
+    "ebm": {**_CD, "conditional": True},
+    "ebm-uncond": {**_CD, "conditional": False},
+    "ebm-paper": {**_CD, "conditional": True, "paper": True},
+    "ebm-dsm": {**_DSM, "conditional": True},
+    "ebm-dsm-uncond": {**_DSM, "conditional": False},
+    "fc": {**_BASELINE, "kind": "fc"},
+    "fc-paper": {**_BASELINE, "kind": "fc", "residual": False},
+    "ensemble": {**_BASELINE, "kind": "ensemble"},
 }
 """Named model variants: a base for :func:`variant_config` (``NAME:key=value,...``)."""
 

@@ -16,6 +16,7 @@ on, so a saved file (:func:`save_model` / :func:`load_model`) is all a rollout n
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from trajebm.engine.modelfile import load_model_file, save_model_file
 from trajebm.engine.sampling import LangevinConfig, langevin
 
 MODEL_KINDS = ("ebm", "fc", "ensemble")
+OBJECTIVES = ("cd", "dsm")
+ACTIVATIONS = {"lrelu": lambda: nn.LeakyReLU(0.2), "silu": nn.SiLU}
 MODEL_FILE = "model.pt"
 FORMAT = "trajebm-trajectory-model"
 DEFAULT_SPLIT = {"seed": 0, "test_fraction": 0.1}
@@ -63,6 +66,12 @@ class ModelConfig:
     delta_input: bool = True
     residual: bool = True
     segment: int = 1
+    activation: str = "lrelu"
+    objective: str = "cd"
+    sigma_max: float = 0.5
+    sigma_min: float = 0.01
+    noise_levels: int = 10
+    level_steps: int = 2
     sampler: LangevinConfig = field(default_factory=paper_sampler)
 
     def __post_init__(self) -> None:
@@ -76,6 +85,13 @@ class ModelConfig:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
         if self.segment > 1 and self.kind != "ebm":
             raise UsageError("segment > 1 (joint prediction of several steps) is an EBM option")
+        if self.activation not in ACTIVATIONS:
+            raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)}")
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}")
+        if not 0 < self.sigma_min < self.sigma_max or self.noise_levels < 1 \
+                or self.level_steps < 0:
+            raise UsageError("need 0 < sigma_min < sigma_max, noise_levels >= 1, level_steps >= 0")
 
     @property
     def cond_dim(self) -> int:
@@ -89,15 +105,16 @@ class ModelConfig:
         return self.segment * self.state_dim
 
 
-def mlp(inputs: int, outputs: int, hidden: int, layers: int, spectral: bool = False
-        ) -> nn.Sequential:
-    """``layers`` hidden layers of leaky ReLU (0.2); spectral norm on hidden layers if asked."""
+def mlp(inputs: int, outputs: int, hidden: int, layers: int, spectral: bool = False,
+        activation: str = "lrelu") -> nn.Sequential:
+    """``layers`` hidden layers of leaky ReLU (0.2) or SiLU; spectral norm on hidden layers if
+    asked."""
     widths = [inputs] + [hidden] * layers
     blocks: list[nn.Module] = []
     for a, b in zip(widths[:-1], widths[1:], strict=True):
         linear = nn.Linear(a, b)
         blocks += [nn.utils.parametrizations.spectral_norm(linear) if spectral else linear,
-                   nn.LeakyReLU(0.2)]
+                   ACTIVATIONS[activation]()]
     return nn.Sequential(*blocks, nn.Linear(hidden, outputs))
 
 
@@ -169,17 +186,56 @@ class TrajectoryEBM(TrajectoryModel):
 
     With ``delta_input`` the candidate enters as its change from s_t: a linear change of inputs
     (same function class) that starts the network off comparing the candidate with the present.
+
+    ``objective="cd"`` (the paper's) trains it by contrastive divergence against short-run
+    Langevin chains from s_t + U(-a, a). ``objective="dsm"`` makes it a noise-conditioned
+    energy E(x, sigma) = E_theta(x, log sigma) / sigma trained by denoising score matching
+    (its gradient predicts the noise added to a true next state, at noise levels from
+    ``sigma_min`` to ``sigma_max``; Song & Ermon 2019) and sampled by annealed Langevin: chains
+    start at s_t + N(0, sigma_max^2), take ``level_steps`` steps at each of ``noise_levels``
+    geometric levels (step sigma^2), then one denoising step (Tweedie). More steps per level
+    only bring the chain closer to the model's distribution, so it is no short-run sampler.
     """
 
     def __init__(self, config: ModelConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         c = config
-        self.net = mlp(c.cond_dim + c.out_dim, 1, c.hidden, c.layers, c.spectral_norm)
+        noise_input = 1 if c.objective == "dsm" else 0
+        self.net = mlp(c.cond_dim + c.out_dim + noise_input, 1, c.hidden, c.layers,
+                       c.spectral_norm, c.activation)
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor, sigma: Tensor | float | None = None) -> Tensor:
+        """The energy; a noise-conditioned model (dsm) at level ``sigma`` (default sigma_min)."""
         if self.config.delta_input:
             x = x - self.anchor(cond)
-        return self.net(torch.cat([cond, x], 1)).squeeze(-1)
+        parts = [cond, x]
+        if self.config.objective == "dsm":
+            sigma = torch.as_tensor(self.config.sigma_min if sigma is None else sigma,
+                                    dtype=x.dtype, device=x.device).expand(len(x))
+            parts.append(sigma.log()[:, None])
+            return self.net(torch.cat(parts, 1)).squeeze(-1) / sigma
+        return self.net(torch.cat(parts, 1)).squeeze(-1)
+
+    def levels(self) -> list[float]:
+        """The noise levels of annealed sampling, largest first."""
+        c = self.config
+        return np.geomspace(c.sigma_max, c.sigma_min, c.noise_levels).tolist()
+
+    def dsm_loss(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Denoising score matching at a log-uniform noise level per row (sigma^2-weighted)."""
+        c = self.config
+        u = torch.rand(len(x), device=x.device)
+        sigma = (math.log(c.sigma_min) + u * math.log(c.sigma_max / c.sigma_min)).exp()
+        eps = torch.randn_like(x)
+        noisy = (x + sigma[:, None] * eps).requires_grad_(True)
+        energy = self(noisy, cond, sigma) * sigma
+        (grad,) = torch.autograd.grad(energy.sum(), noisy, create_graph=True)
+        return (grad - eps).pow(2).mean()
+
+    def loss(self, x: Tensor, cond: Tensor) -> Tensor:
+        if self.config.objective != "dsm":
+            raise NotImplementedError("a contrastive-divergence EBM trains through the trainer")
+        return self.dsm_loss(x, cond)
 
     def init_chains(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Chain starts: s_t (for every state of the segment) plus U(-a, a), a = init_noise."""
@@ -189,15 +245,35 @@ class TrajectoryEBM(TrajectoryModel):
 
     def propose(self, cond: Tensor, *, steps: int | None = None, temperature: float = 1.0,
                 extra: ZEnergy | None = None, members: Tensor | None = None) -> Tensor:
-        energy = self if extra is None else (self, extra)
-        cfg = self.config.sampler
         was_training = self.training
         self.eval()
         try:
+            if self.config.objective == "dsm":
+                return self._annealed(cond, steps, temperature, extra)
+            energy = self if extra is None else (self, extra)
+            cfg = self.config.sampler
             return langevin(energy, self.init_chains(cond), cond, cfg,
                             steps=cfg.steps if steps is None else steps, temperature=temperature)
         finally:
             self.train(was_training)
+
+    def _annealed(self, cond: Tensor, steps: int | None, temperature: float,
+                  extra: ZEnergy | None) -> Tensor:
+        """Annealed Langevin over the noise levels, then a denoising step at the last one."""
+        per_level = self.config.level_steps if steps is None else steps
+        x = self.anchor(cond) + self.config.sigma_max * torch.randn_like(self.anchor(cond))
+        for sigma in self.levels():
+            def level(x: Tensor, c: Tensor | None, sigma: float = sigma) -> Tensor:
+                return self(x, c, sigma)
+
+            energy = level if extra is None else (level, extra)
+            x = langevin(energy, x, cond, convention="textbook", step_size=sigma**2,
+                         steps=per_level, temperature=temperature, grad_clip=None, bounds=None)
+        sigma = self.levels()[-1]
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self(x, cond, sigma).sum(), x)
+        return (x - sigma**2 * grad).detach()
 
 
 class FeedForward(TrajectoryModel):
@@ -207,7 +283,8 @@ class FeedForward(TrajectoryModel):
     def __init__(self, config: ModelConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         c = config
-        self.net = mlp(c.cond_dim, c.state_dim, c.hidden, c.layers, c.spectral_norm)
+        self.net = mlp(c.cond_dim, c.state_dim, c.hidden, c.layers, c.spectral_norm,
+                       c.activation)
 
     def forward(self, cond: Tensor) -> Tensor:
         out = self.net(cond)
@@ -233,7 +310,7 @@ class GaussianEnsemble(TrajectoryModel):
         super().__init__(config, *args, **kwargs)
         c = config
         self.members = nn.ModuleList(
-            mlp(c.cond_dim, 2 * c.state_dim, c.hidden, c.layers, c.spectral_norm)
+            mlp(c.cond_dim, 2 * c.state_dim, c.hidden, c.layers, c.spectral_norm, c.activation)
             for _ in range(c.members))
         self.max_logvar = nn.Parameter(torch.full((c.state_dim,), 0.5))
         self.min_logvar = nn.Parameter(torch.full((c.state_dim,), -10.0))

@@ -133,17 +133,24 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def run_folder(out_dir: str | os.PathLike, done_file: str, resume: bool = False) -> Path:
-    """Check ``out_dir`` can take a run: a folder (or absent) not already holding ``done_file``.
+def run_folder(out_dir: str | os.PathLike, done_file: str, resume: bool = False,
+               in_progress: str = "checkpoint.pt") -> Path:
+    """Check ``out_dir`` can take a new run: a folder (or absent) holding neither a finished
+    run (``done_file``) nor one in progress (``in_progress``); ``resume`` allows both.
 
-    The check that keeps a new run from overwriting a finished one; ``resume`` allows it.
+    Checked before anything is written, so refusing never touches the run that is there.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory")
-    if (out / done_file).exists() and not resume:
+    if resume:
+        return out
+    if (out / done_file).exists():
         raise UsageError(f"{out} already holds a trained model; choose another --out or "
                          f"pass --resume to continue it")
+    if (out / in_progress).exists():
+        raise UsageError(f"{out} holds a run in progress ({in_progress}); pass --resume to "
+                         f"continue it, or choose another --out")
     return out
 
 

@@ -137,7 +137,9 @@ def test_kl_term_changes_the_update(root, tmp_path):
 
 DAD = "rollout_fraction=0.5,rollout_horizon=3,rollout_every=4,rollout_start=2"
 SPECS = ["ebm:context_noise=0.1", f"ebm:{DAD}", "ebm:segment=3", "fc-paper", f"fc:{DAD}",
-         "ensemble:context_noise=0.1", "ebm:ema_decay=0.9", "ebm-uncond:segment=2"]
+         "ensemble:context_noise=0.1", "ebm:ema_decay=0.9", "ebm-uncond:segment=2",
+         "ebm-dsm:noise_levels=3", "ebm-dsm-uncond:level_steps=1", "ensemble-uncond",
+         "ebm:collapse_gap=0.5,replay_prob=0.5"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -196,6 +198,26 @@ def test_own_rollout_windows_pair_predicted_contexts_with_true_next_states(root)
     again.load_state_dict(state)
     for a, b in zip(next(batches), next(again), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_score_matching_ebm_learns_a_known_conditional_gaussian():
+    """Denoising score matching + annealed Langevin recover x ~ N(2c, 0.3^2) given c."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="ebm", objective="dsm", activation="silu", state_dim=1, action_dim=1,
+                      context=1, hidden=64, layers=2, delta_input=False, sigma_max=2.0,
+                      sigma_min=0.05, noise_levels=8, level_steps=5)
+    model = build_model(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(1500):
+        c = torch.randn(256, 2)
+        x = 2 * c[:, :1] + 0.3 * torch.randn(256, 1)
+        opt.zero_grad()
+        model.dsm_loss(x, c).backward()
+        opt.step()
+    c = torch.tensor([[1.0, 0.0]]).repeat(4000, 1)
+    samples = model.propose(c)[:, 0]
+    assert abs(samples.mean().item() - 2.0) < 0.1
+    assert abs(samples.std().item() - 0.3) < 0.06
 
 
 def test_segment_model_scores_whole_segments(root):

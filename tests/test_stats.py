@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trajebm.engine.metrics import frechet_distance_samples
+from trajebm.engine.metrics import frechet_distance_batch, frechet_distance_samples
 from trajebm.engine.stats import (
     median_interval,
     median_over_seeds,
@@ -35,19 +35,28 @@ def test_interval_widens_with_seed_spread():
 
 def test_recentred_fd_interval_contains_its_estimate():
     """FD on a resample with duplicate rows is biased upward; recentring keeps the estimate
-    inside its own interval, while the plain percentile interval sits above it."""
+    inside its own interval, while the plain percentile interval is centred above it."""
     rng = np.random.default_rng(2)
     runs = [(rng.normal(size=(60, 8)), rng.normal(0.3, 1.0, size=(60, 8))) for _ in range(3)]
 
     def stat(x, y):
-        return lambda idx: frechet_distance_samples(x[idx], y[idx])
+        return lambda idx: frechet_distance_batch(x[idx], y[idx])
 
     stats = [stat(x, y) for x, y in runs]
     plain = median_over_seeds(stats, [60] * 3, resamples=200)
     fixed = median_over_seeds(stats, [60] * 3, resamples=200, recenter=True)
-    assert plain.low > plain.value
+    assert (plain.low + plain.high) / 2 > plain.value + 0.3
     assert fixed.low <= fixed.value <= fixed.high
+    assert abs((fixed.low + fixed.high) / 2 - fixed.value) < 0.3
     assert fixed.value == plain.value
+
+
+def test_batched_frechet_distance_equals_the_one_pair_version():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(4, 50, 6)), rng.normal(0.5, 2.0, size=(4, 50, 6))
+    batch = frechet_distance_batch(x, y)
+    pairs = [frechet_distance_samples(a, b) for a, b in zip(x, y, strict=True)]
+    np.testing.assert_allclose(batch, pairs, rtol=1e-9)
 
 
 def test_probability_of_improvement():

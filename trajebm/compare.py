@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trajebm.engine.errors import UsageError
-from trajebm.engine.metrics import frechet_distance_samples
+from trajebm.engine.metrics import frechet_distance_batch
 from trajebm.engine.runinfo import atomic_write_bytes, jsonable, write_json, write_run_info
 from trajebm.engine.stats import median_interval, median_over_seeds, probability_of_improvement
 from trajebm.evaluate import (
@@ -42,7 +42,7 @@ from trajebm.evaluate import (
     predict_test,
     score_predictions,
 )
-from trajebm.fit import FitConfig, fit_model, variant_config
+from trajebm.fit import VARIANTS, FitConfig, fit_model, variant_config
 from trajebm.models import MODEL_FILE, load_model
 
 PLAN_FILE = "compare.json"
@@ -169,14 +169,19 @@ def compare(data: str | os.PathLike, specs: list[str], out_dir: str | os.PathLik
     return summary
 
 
-def _fd_stat(pred: np.ndarray, truth: np.ndarray, t: int, dims: np.ndarray):
-    """FD at step t between rows ``idx`` of predictions and truth, averaged over samples."""
+def _fd_stat(pred: np.ndarray, truth: np.ndarray, t: int, dims: np.ndarray,
+             chunk: int = 100):
+    """FD at step t between resampled rows of predictions and truth, averaged over samples."""
     p = pred[:, :, t][..., dims].astype(np.float64)
     y = truth[:, t][..., dims]
 
-    def stat(idx: np.ndarray) -> float:
-        return float(np.mean([frechet_distance_samples(p[idx, j], y[idx])
-                              for j in range(p.shape[1])]))
+    def stat(idx: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(idx))
+        for lo in range(0, len(idx), chunk):
+            rows = idx[lo : lo + chunk]
+            out[lo : lo + chunk] = np.mean([frechet_distance_batch(p[rows, j], y[rows])
+                                            for j in range(p.shape[1])], axis=0)
+        return out
 
     return stat
 
@@ -212,7 +217,7 @@ def summarize(out: Path, specs: list[str], names: dict[str, str], cfg: CompareCo
                 key = f"fd@{t}" if g == "state" else f"{g} fd@{t}"
                 entry[key] = median_over_seeds(stats, [n] * len(stats), recenter=True,
                                                resamples=cfg.resamples).as_dict()
-                entry[key]["per_seed"] = [s(np.arange(n)) for s in stats]
+                entry[key]["per_seed"] = [float(s(np.arange(n)[None])[0]) for s in stats]
         per_seed_fd[spec] = entry[f"fd@{steps[-1]}"]["per_seed"]
         entry["mse"] = median_interval(np.stack([r["mse_per_start"] for r in runs[spec]]),
                                        resamples=cfg.resamples).as_dict()
@@ -318,8 +323,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "compare", help="train and score model variants over seeds; medians with intervals")
     p.add_argument("--data", required=True, help="dataset folder (from `trajebm collect`)")
     p.add_argument("--models", nargs="+", required=True,
-                   help="variants NAME[:key=value,...]; NAME: ebm ebm-uncond fc fc-paper "
-                        "ensemble ebm-paper")
+                   help=f"variants NAME[:key=value,...]; NAME: {' '.join(VARIANTS)}")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--seeds", type=int, default=d.seeds, help="train seeds 0..N-1")
     p.add_argument("--base", default=None,

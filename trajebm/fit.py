@@ -273,13 +273,15 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
     seed_everything(cfg.seed)
     model = build_model(mcfg, ds.state_stats.mean, ds.state_stats.std, meta)
     x, cond = training_tensors(ds, mcfg.conditional, mcfg.segment)
-    train_s, train_a = ds.trajectories("train", normalized=True)
+    trajectories = None
+    if cfg.rollout_fraction > 0:
+        trajectories = tuple(torch.from_numpy(a)
+                             for a in ds.trajectories("train", normalized=True))
     batches = TrajectoryBatches(
         x, cond, cfg.batch_size, seed=cfg.seed + rank, model=model,
         context_noise=cfg.context_noise, rollout_fraction=cfg.rollout_fraction,
         rollout_horizon=cfg.rollout_horizon, rollout_every=cfg.rollout_every,
-        rollout_start=cfg.rollout_start,
-        trajectories=(torch.from_numpy(train_s), torch.from_numpy(train_a)))
+        rollout_start=cfg.rollout_start, trajectories=trajectories)
     contrastive = mcfg.kind == "ebm" and mcfg.objective == "cd"
     tcfg = replace(cfg.train, sampler=mcfg.sampler, adam_clip=contrastive,
                    negatives_cond="buffer" if cfg.replay_prob > 0 else "data")
@@ -349,6 +351,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fc": {**_BASELINE, "kind": "fc"},
     "fc-paper": {**_BASELINE, "kind": "fc", "residual": False},
     "ensemble": {**_BASELINE, "kind": "ensemble"},
+    "fc-uncond": {**_BASELINE, "kind": "fc", "conditional": False},
+    "ensemble-uncond": {**_BASELINE, "kind": "ensemble", "conditional": False},
 }
 """Named model variants: a base for :func:`variant_config` (``NAME:key=value,...``)."""
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Statistic = Callable[[np.ndarray], float]
-"""Scores one run from its per-unit rows (an index array picks the rows to use)."""
+Statistic = Callable[[np.ndarray], np.ndarray]
+"""Scores one run on resamples of its units: unit indices (B, n) -> one value per row (B,)."""
 
 
 @dataclass(frozen=True)
@@ -42,19 +42,25 @@ def _percentiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
 def median_over_seeds(stat: Sequence[Statistic], units: Sequence[int], *,
                       resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
                       recenter: bool = False) -> Interval:
-    """Median over runs of ``stat[r](indices)``, with a seeds-then-units bootstrap interval.
+    """Median over runs of ``stat[r]``, with a seeds-then-units bootstrap interval.
 
-    ``stat[r]`` scores run ``r`` on the unit indices it is given (all of them for the point
-    estimate); ``units[r]`` is how many units run ``r`` has.
+    ``stat[r]`` scores run ``r`` on rows of unit indices (all of them for the point estimate);
+    ``units[r]`` is how many units run ``r`` has. Each bootstrap replicate draws the runs with
+    replacement and, for every draw, its own resample of that run's units.
     """
     if len(stat) != len(units) or not stat:
         raise ValueError("need one statistic and one unit count per run, at least one run")
-    value = float(np.median([s(np.arange(n)) for s, n in zip(stat, units, strict=True)]))
+    runs = len(stat)
+    value = float(np.median([s(np.arange(n)[None])[0] for s, n in zip(stat, units,
+                                                                      strict=True)]))
     rng = np.random.default_rng(seed)
-    draws = np.empty(resamples)
-    for b in range(resamples):
-        runs = rng.integers(len(stat), size=len(stat))
-        draws[b] = np.median([stat[r](rng.integers(units[r], size=units[r])) for r in runs])
+    picks = rng.integers(runs, size=(resamples, runs))
+    scores = np.empty((resamples, runs))
+    for r in range(runs):
+        rows, cols = np.nonzero(picks == r)
+        if len(rows):
+            scores[rows, cols] = stat[r](rng.integers(units[r], size=(len(rows), units[r])))
+    draws = np.median(scores, axis=1)
     if recenter:
         draws += value - np.nanmedian(draws)
     return Interval(value, *_percentiles(draws, confidence))

@@ -147,14 +147,17 @@ def test_rollout_cli(root, tmp_path, capsys):
 
 def test_train_cli_and_errors(root, tmp_path, capsys):
     data = small_dataset(root)
-    status = main(["train", "--data", str(data), "--model", "fc", "--out", str(tmp_path / "r"),
-                   "--steps", "3", "--batch-size", "32", "--hidden", "16", "--quiet"])
+    status = main(["train", "--data", str(data), "--model", "fc:hidden=16", "--out",
+                   str(tmp_path / "r"), "--steps", "3", "--batch-size", "32", "--quiet"])
     assert status == 0 and (tmp_path / "r" / "model.pt").is_file()
-    status = main(["train", "--data", str(data), "--model", "ebm", "--paper", "--steps", "2",
-                   "--hidden", "16", "--out", str(tmp_path / "p"), "--quiet"])
+    status = main(["train", "--data", str(data), "--model", "ebm-paper:hidden=16", "--steps",
+                   "2", "--out", str(tmp_path / "p"), "--quiet"])
     run = json.loads((tmp_path / "p" / "run.json").read_text())["config"]
     assert status == 0 and run["batch_size"] == 1024 and run["train"]["betas"] == [0.0, 0.999]
-    assert run["model"]["delta_input"] is False
+    assert run["model"]["delta_input"] is False and run["train"]["steps"] == 2
+    status = main(["train", "--data", str(data), "--model", "ebm:warp=1", "--out",
+                   str(tmp_path / "w"), "--quiet"])
+    assert status == 2 and "unknown setting 'warp'" in capsys.readouterr().err
     status = main(["train", "--data", str(data), "--out", str(tmp_path / "r2"), "--steps", "2",
                    "--device", "tpu9", "--quiet"])
     assert status == 2 and "unknown device" in capsys.readouterr().err

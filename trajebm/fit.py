@@ -422,22 +422,12 @@ def _parse_value(text: str) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    mcfg = ModelConfig(kind=args.model, conditional=not args.unconditional,
-                       context=args.context, hidden=args.hidden, layers=args.layers,
-                       spectral_norm=args.spectral_norm, delta_input=args.delta_input,
-                       residual=args.residual, segment=args.segment)
-    tcfg = trajectory_train_config(steps=args.steps, lr=args.lr, betas=(args.beta1, 0.999),
-                                   kl_weight=args.kl_weight, alpha=args.alpha, seed=args.seed,
-                                   ema_decay=args.ema, collapse_gap=args.collapse_gap,
-                                   validate_every=args.validate_every,
-                                   progress=not args.quiet)
-    cfg = FitConfig(model=mcfg, train=tcfg, batch_size=args.batch_size,
-                    replay_prob=args.replay_prob, split_seed=args.split_seed,
-                    test_fraction=args.test_fraction, context_noise=args.context_noise,
-                    rollout_fraction=args.rollout_fraction,
-                    rollout_horizon=args.rollout_horizon)
-    if args.paper:
-        cfg = paper_fit_config(**{k: v for k, v in vars(cfg).items() if k != "batch_size"})
+    cfg = variant_config(args.model)
+    train = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("seed", args.seed))
+             if v is not None}
+    cfg = replace(cfg, train=replace(cfg.train, progress=not args.quiet, **train))
+    if args.batch_size is not None:
+        cfg = replace(cfg, batch_size=args.batch_size)
     fit_model(args.data, args.out, cfg, args.device, resume=args.resume)
     print(f"wrote {Path(args.out) / MODEL_FILE}")
     return 0
@@ -445,49 +435,17 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``trajebm train``."""
-    d = FitConfig()
-    t = d.train
-    p = subparsers.add_parser("train", help="train a trajectory model (ebm | fc | ensemble)")
+    p = subparsers.add_parser("train", help="train a trajectory model (any named variant)")
     p.add_argument("--data", required=True, help="dataset folder (from `trajebm collect`)")
-    p.add_argument("--model", default="ebm", choices=("ebm", "fc", "ensemble"))
-    p.add_argument("--unconditional", action="store_true", help="do not condition on actions")
+    p.add_argument("--model", default="ebm",
+                   help=f"NAME[:key=value,...], NAME one of {' '.join(VARIANTS)}; keys are "
+                        f"fields of the model, fit or trainer config (e.g. "
+                        f"ebm:context_noise=0.1,spectral_norm=true,sampler_steps=40)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--steps", type=int, default=t.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=t.lr)
-    p.add_argument("--beta1", type=float, default=t.betas[0], help="Adam beta1")
-    p.add_argument("--alpha", type=float, default=t.alpha, help="EBM: energy L2 penalty")
-    p.add_argument("--context", type=int, default=d.model.context, help="k context states")
-    p.add_argument("--hidden", type=int, default=d.model.hidden)
-    p.add_argument("--layers", type=int, default=d.model.layers)
-    p.add_argument("--spectral-norm", action="store_true")
-    p.add_argument("--delta-input", action=argparse.BooleanOptionalAction,
-                   default=d.model.delta_input, help="EBM: feed s_{t+1} - s_t, not s_{t+1}")
-    p.add_argument("--residual", action=argparse.BooleanOptionalAction,
-                   default=d.model.residual,
-                   help="baselines: predict s_{t+1} - s_t (--no-residual: the paper's fc)")
-    p.add_argument("--segment", type=int, default=d.model.segment,
-                   help="EBM: predict this many steps jointly (one energy per segment)")
-    p.add_argument("--paper", action="store_true",
-                   help="PAPER.md §2 exactly: batch 1024, beta1 0, no --delta-input")
-    p.add_argument("--kl-weight", type=float, default=t.kl_weight,
-                   help="EBM: weight of the KL term through the last Langevin step (0 = off)")
-    p.add_argument("--replay-prob", type=float, default=d.replay_prob,
-                   help="EBM: chance a chain continues from the replay buffer")
-    p.add_argument("--ema", type=float, default=t.ema_decay,
-                   help="decay of an exponential moving average of the weights (0 = off)")
-    p.add_argument("--collapse-gap", type=float, default=t.collapse_gap,
-                   help="EBM: roll back when E(samples) - E(data) stays above this")
-    p.add_argument("--context-noise", type=float, default=d.context_noise,
-                   help="std of noise added to context states in training (z units)")
-    p.add_argument("--rollout-fraction", type=float, default=d.rollout_fraction,
-                   help="share of each batch from the model's own rollouts (DaD)")
-    p.add_argument("--rollout-horizon", type=int, default=d.rollout_horizon)
-    p.add_argument("--validate-every", type=int, default=t.validate_every,
-                   help="steps between validation rollouts; the best is kept (0 = off)")
-    p.add_argument("--split-seed", type=int, default=d.split_seed)
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="training steps")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -57,8 +57,8 @@ def frechet_distance_batch(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     n = x.shape[1]
     mu1, mu2 = x.mean(1), y.mean(1)
     dx, dy = x - mu1[:, None], y - mu2[:, None]
-    sigma1 = np.einsum("bnd,bne->bde", dx, dx) / (n - 1)
-    sigma2 = np.einsum("bnd,bne->bde", dy, dy) / (n - 1)
+    sigma1 = dx.transpose(0, 2, 1) @ dx / (n - 1)
+    sigma2 = dy.transpose(0, 2, 1) @ dy / (n - 1)
     w, v = np.linalg.eigh(sigma1)
     root1 = (v * np.sqrt(np.clip(w, 0.0, None))[:, None, :]) @ v.transpose(0, 2, 1)
     inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)

@@ -139,7 +139,7 @@ DAD = "rollout_fraction=0.5,rollout_horizon=3,rollout_every=4,rollout_start=2"
 SPECS = ["ebm:context_noise=0.1", f"ebm:{DAD}", "ebm:segment=3", "fc-paper", f"fc:{DAD}",
          "ensemble:context_noise=0.1", "ebm:ema_decay=0.9", "ebm-uncond:segment=2",
          "ebm-dsm:noise_levels=3", "ebm-dsm-uncond:level_steps=1", "ensemble-uncond",
-         "ebm:collapse_gap=0.5,replay_prob=0.5"]
+         "ebm:collapse_gap=0.5,replay_prob=0.5", "ebm-proposal"]
 
 
 @pytest.mark.parametrize("spec", SPECS)

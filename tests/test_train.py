@@ -254,6 +254,28 @@ def test_trainer_needs_exactly_one_objective(tmp_path):
         Trainer(trainer.model, trainer.batches, None, trainer.config, tmp_path)
 
 
+def test_aux_loss_trains_beside_the_contrastive_loss(tmp_path):
+    """A head used only by aux_loss learns its target; the energy still trains by CD."""
+
+    class WithHead(Energy):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Parameter(torch.zeros(2))
+
+    model = WithHead()
+    trainer = make_trainer(tmp_path / "a", steps=60, model=model, lr=0.05)
+    aux = Trainer(model, trainer.batches, trainer.buffer, trainer.config, tmp_path / "b",
+                  aux_loss=lambda x, cond: (model.head - x).pow(2).mean())
+    summary = aux.fit()
+    torch.testing.assert_close(model.head.detach(), torch.ones(2), atol=0.2, rtol=0)
+    assert summary["aux"] < 0.5 and "e_pos" in summary
+    rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
+    assert float(rows[0]["aux"]) > float(rows[-1]["aux"])
+    with pytest.raises(ValueError, match="aux_loss"):
+        Trainer(model, trainer.batches, None, trainer.config, tmp_path / "c",
+                loss_fn=lambda x, c: x.sum(), aux_loss=lambda x, c: x.sum())
+
+
 def test_snapshots_keep_the_newest_weights(tmp_path):
     trainer = make_trainer(tmp_path, steps=12, snapshot_every=2, snapshot_keep=3)
     trainer.fit()

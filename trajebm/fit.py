@@ -303,7 +303,9 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
         buffer = ReplayBuffer(cfg.buffer_capacity, (mcfg.out_dim,), context_init(model),
                               cond_shape=(mcfg.cond_dim,), replay_prob=cfg.replay_prob,
                               seed=cfg.seed)
-        trainer = Trainer(model, batches, buffer, tcfg, out, device, validate=validate)
+        aux = model.proposal_loss if mcfg.proposal else None
+        trainer = Trainer(model, batches, buffer, tcfg, out, device, validate=validate,
+                          aux_loss=aux)
     else:
         trainer = Trainer(model, batches, None, tcfg, out, device, loss_fn=model.loss,
                           validate=validate)
@@ -339,13 +341,15 @@ def collapse_message(summary: dict[str, float]) -> str | None:
             f"gap opened), lower the lr or set a collapse guard (--collapse-gap).")
 
 
-_CD = {"kind": "ebm", "objective": "cd", "activation": "lrelu"}
+_CD = {"kind": "ebm", "objective": "cd", "activation": "lrelu", "proposal": False,
+       "init_noise": 0.3}
 _DSM = {"kind": "ebm", "objective": "dsm", "activation": "silu"}
 _BASELINE = {"conditional": True, "residual": True, "activation": "lrelu"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "ebm": {**_CD, "conditional": True},
     "ebm-uncond": {**_CD, "conditional": False},
     "ebm-paper": {**_CD, "conditional": True, "paper": True},
+    "ebm-proposal": {**_CD, "conditional": True, "proposal": True, "init_noise": 0.1},
     "ebm-dsm": {**_DSM, "conditional": True},
     "ebm-dsm-uncond": {**_DSM, "conditional": False},
     "fc": {**_BASELINE, "kind": "fc"},

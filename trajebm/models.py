@@ -67,6 +67,7 @@ class ModelConfig:
     residual: bool = True
     segment: int = 1
     activation: str = "lrelu"
+    proposal: bool = False
     objective: str = "cd"
     sigma_max: float = 0.5
     sigma_min: float = 0.01
@@ -89,6 +90,8 @@ class ModelConfig:
             raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)}")
         if self.objective not in OBJECTIVES:
             raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}")
+        if self.proposal and (self.kind != "ebm" or self.objective != "cd"):
+            raise UsageError("proposal (a learned chain initialiser) is a contrastive-EBM option")
         if not 0 < self.sigma_min < self.sigma_max or self.noise_levels < 1 \
                 or self.level_steps < 0:
             raise UsageError("need 0 < sigma_min < sigma_max, noise_levels >= 1, level_steps >= 0")
@@ -188,7 +191,11 @@ class TrajectoryEBM(TrajectoryModel):
     (same function class) that starts the network off comparing the candidate with the present.
 
     ``objective="cd"`` (the paper's) trains it by contrastive divergence against short-run
-    Langevin chains from s_t + U(-a, a). ``objective="dsm"`` makes it a noise-conditioned
+    Langevin chains from s_t + U(-a, a). With ``proposal`` a regression head mu(context, actions)
+    (trained by MSE beside the contrastive loss, as in cooperative learning) starts the chains
+    at mu + U(-a, a) instead, and the energy sees the candidate relative to mu: the energy
+    judges corrections to a cheap guess rather than finding the next state from scratch.
+    ``objective="dsm"`` makes it a noise-conditioned
     energy E(x, sigma) = E_theta(x, log sigma) / sigma trained by denoising score matching
     (its gradient predicts the noise added to a true next state, at noise levels from
     ``sigma_min`` to ``sigma_max``; Song & Ermon 2019) and sampled by annealed Langevin: chains
@@ -203,11 +210,22 @@ class TrajectoryEBM(TrajectoryModel):
         noise_input = 1 if c.objective == "dsm" else 0
         self.net = mlp(c.cond_dim + c.out_dim + noise_input, 1, c.hidden, c.layers,
                        c.spectral_norm, c.activation)
+        self.proposal = (mlp(c.cond_dim, c.out_dim, c.hidden, c.layers, c.spectral_norm,
+                             c.activation) if c.proposal else None)
+
+    def center(self, cond: Tensor) -> Tensor:
+        """Where chains start (before noise): s_t, or with a proposal head mu(cond)."""
+        anchor = self.anchor(cond)
+        return anchor if self.proposal is None else anchor + self.proposal(cond)
+
+    def proposal_loss(self, x: Tensor, cond: Tensor) -> Tensor:
+        """MSE of the proposal head on the true next states (the trainer's ``aux_loss``)."""
+        return (self.center(cond) - x).pow(2).mean()
 
     def forward(self, x: Tensor, cond: Tensor, sigma: Tensor | float | None = None) -> Tensor:
         """The energy; a noise-conditioned model (dsm) at level ``sigma`` (default sigma_min)."""
         if self.config.delta_input:
-            x = x - self.anchor(cond)
+            x = x - self.center(cond).detach()
         parts = [cond, x]
         if self.config.objective == "dsm":
             sigma = torch.as_tensor(self.config.sigma_min if sigma is None else sigma,
@@ -237,11 +255,13 @@ class TrajectoryEBM(TrajectoryModel):
             raise NotImplementedError("a contrastive-divergence EBM trains through the trainer")
         return self.dsm_loss(x, cond)
 
+    @torch.no_grad()
     def init_chains(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Chain starts: s_t (for every state of the segment) plus U(-a, a), a = init_noise."""
-        anchor = self.anchor(cond)
-        u = torch.rand(anchor.shape, generator=generator, device=anchor.device)
-        return anchor + self.config.init_noise * (2.0 * u - 1.0)
+        """Chain starts: :meth:`center` (for every state of a segment) plus U(-a, a),
+        a = init_noise."""
+        center = self.center(cond)
+        u = torch.rand(center.shape, generator=generator, device=center.device)
+        return center + self.config.init_noise * (2.0 * u - 1.0)
 
     def propose(self, cond: Tensor, *, steps: int | None = None, temperature: float = 1.0,
                 extra: ZEnergy | None = None, members: Tensor | None = None) -> Tensor:

@@ -291,6 +291,18 @@ class _Objective(nn.Module):
         return self.loss_fn(x, cond)
 
 
+class _EnergiesAndAux(nn.Module):
+    """The EBM's energies and an auxiliary loss on the positives in one forward (seen by DDP)."""
+
+    def __init__(self, model: nn.Module, aux_loss: LossFn) -> None:
+        super().__init__()
+        self.model, self.aux_loss = model, aux_loss
+
+    def forward(self, x: Tensor, cond: Tensor | None, positives: int) -> tuple[Tensor, Tensor]:
+        pos_cond = None if cond is None else cond[:positives]
+        return self.model(x, cond), self.aux_loss(x[:positives], pos_cond)
+
+
 class _MetricsLog:
     """``metrics.csv``: one row per logged step, cut back to a step on resume and rollback."""
 
@@ -350,15 +362,18 @@ class Trainer:
     ``validate(model)`` runs on rank 0 in eval mode (EMA weights swapped in when EMA is on)
     inside a forked RNG, so a run with validation trains exactly as the same run without it;
     its values go to ``metrics.csv`` and TensorBoard as ``val_<key>`` (keys already starting
-    with ``val_`` keep their name).
+    with ``val_`` keep their name). ``aux_loss(x⁺, cond)`` (EBMs only) adds a supervised term on
+    the positives to the contrastive loss, e.g. for a learned chain initialiser inside the model.
     """
 
     def __init__(self, model: nn.Module, batches: Iterator[Batch], buffer: ReplayBuffer | None,
                  config: TrainConfig, out_dir: str | os.PathLike,
                  device: str | torch.device = "cpu", loss_fn: LossFn | None = None,
-                 validate: ValidateFn | None = None) -> None:
+                 validate: ValidateFn | None = None, aux_loss: LossFn | None = None) -> None:
         if (buffer is None) == (loss_fn is None):
             raise ValueError("give the Trainer a replay buffer (EBM) or a loss_fn, not both")
+        if aux_loss is not None and buffer is None:
+            raise ValueError("aux_loss adds to an EBM's contrastive loss; give a buffer")
         self.model, self.batches, self.buffer, self.config = model, batches, buffer, config
         self.loss_fn, self.validate = loss_fn, validate
         self.device = torch.device(device)
@@ -381,9 +396,12 @@ class Trainer:
             buffer.generator.manual_seed(seed)
         if hasattr(batches, "reseed"):
             batches.reseed(seed)
+        self.aux_loss = aux_loss
         self.net: nn.Module = model
         if loss_fn is not None:  # late-bound, so a replaced self.loss_fn takes effect
             self.net = _Objective(model, lambda x, cond: self.loss_fn(x, cond))
+        elif aux_loss is not None:
+            self.net = _EnergiesAndAux(model, aux_loss)
         if self.world_size > 1:  # broadcasts rank 0's weights; the same parameters are used
             ids = [self.device.index] if self.device.type == "cuda" else None  # every step
             self.net = DistributedDataParallel(self.net, device_ids=ids, static_graph=True)
@@ -636,23 +654,32 @@ class Trainer:
         finally:
             self.model.train()
         both_cond = None if cond is None else torch.cat([cond, c_neg])
-        energies = self.net(torch.cat([x_pos, x_neg.detach()]), both_cond)
+        x_all = torch.cat([x_pos, x_neg.detach()])
+        aux = torch.zeros((), device=self.device)
+        if self.aux_loss is None:
+            energies = self.net(x_all, both_cond)
+        else:
+            energies, aux = self.net(x_all, both_cond, len(x_pos))
         e_pos, e_neg = energies[: len(x_pos)], energies[len(x_pos):]
         loss, penalty = cd_loss(e_pos, e_neg, cfg.alpha)
+        loss = loss + aux
         kl_term = torch.zeros((), device=self.device)
         if kl:
             frozen = {k: v.detach() for k, v in self.model.named_parameters()}
             kl_term = torch.func.functional_call(self.model, frozen, (x_neg, c_neg)).mean()
             loss = loss + cfg.kl_weight * kl_term
         stats = torch.stack([loss.detach(), e_pos.detach().mean(), e_neg.detach().mean(),
-                             penalty.detach(), kl_term.detach(),
+                             penalty.detach(), kl_term.detach(), aux.detach(),
                              energies.detach().abs().max()]).tolist()
         self._update(loss, stats, self._collapse(stats[1], stats[2]))
         self.buffer.push(x_neg.detach(), c_neg)
         self.step += 1
-        return {"loss": stats[0], "e_pos": stats[1], "e_neg": stats[2], "l2": stats[3],
-                "kl": stats[4], "lr": self.optimizer.param_groups[0]["lr"],
-                "replayed": float(start.replayed.float().mean())}
+        row = {"loss": stats[0], "e_pos": stats[1], "e_neg": stats[2], "l2": stats[3],
+               "kl": stats[4], "lr": self.optimizer.param_groups[0]["lr"],
+               "replayed": float(start.replayed.float().mean())}
+        if self.aux_loss is not None:
+            row["aux"] = stats[5]
+        return row
 
     def run_validation(self) -> dict[str, float]:
         """``validate(model)`` on rank 0, its values shared with every rank.

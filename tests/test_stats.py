@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trajebm.engine.metrics import frechet_distance_batch, frechet_distance_samples
+from trajebm.engine.metrics import frechet_distance_resampled, frechet_distance_samples
 from trajebm.engine.stats import (
     median_interval,
     median_over_seeds,
@@ -40,7 +40,7 @@ def test_recentred_fd_interval_contains_its_estimate():
     runs = [(rng.normal(size=(60, 8)), rng.normal(0.3, 1.0, size=(60, 8))) for _ in range(3)]
 
     def stat(x, y):
-        return lambda idx: frechet_distance_batch(x[idx], y[idx])
+        return lambda idx: frechet_distance_resampled(x, y, idx)
 
     stats = [stat(x, y) for x, y in runs]
     plain = median_over_seeds(stats, [60] * 3, resamples=200)
@@ -51,12 +51,14 @@ def test_recentred_fd_interval_contains_its_estimate():
     assert fixed.value == plain.value
 
 
-def test_batched_frechet_distance_equals_the_one_pair_version():
+def test_resampled_frechet_distance_equals_the_one_pair_version():
     rng = np.random.default_rng(3)
-    x, y = rng.normal(size=(4, 50, 6)), rng.normal(0.5, 2.0, size=(4, 50, 6))
-    batch = frechet_distance_batch(x, y)
-    pairs = [frechet_distance_samples(a, b) for a, b in zip(x, y, strict=True)]
-    np.testing.assert_allclose(batch, pairs, rtol=1e-9)
+    x, y = rng.normal(3.0, 1.0, size=(2, 50, 6)), rng.normal(0.5, 2.0, size=(50, 6))
+    idx = rng.integers(50, size=(4, 50))
+    resampled = frechet_distance_resampled(x, y, idx)
+    pairs = [[frechet_distance_samples(a[r], y[r]) for r in idx] for a in x]
+    np.testing.assert_allclose(resampled, pairs, rtol=1e-9)
+    np.testing.assert_allclose(frechet_distance_resampled(x[0], y, idx), pairs[0], rtol=1e-9)
 
 
 def test_probability_of_improvement():

@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from trajebm.engine.errors import UsageError
-from trajebm.engine.metrics import frechet_distance_batch
+from trajebm.engine.metrics import frechet_distance_resampled
 from trajebm.engine.runinfo import atomic_write_bytes, jsonable, write_json, write_run_info
 from trajebm.engine.stats import median_interval, median_over_seeds, probability_of_improvement
 from trajebm.evaluate import (
@@ -176,18 +176,14 @@ def compare(data: str | os.PathLike, specs: list[str], out_dir: str | os.PathLik
 
 
 def _fd_stat(pred: np.ndarray, truth: np.ndarray, t: int, dims: np.ndarray,
-             chunk: int = 100):
+             chunk: int = 250):
     """FD at step t between resampled rows of predictions and truth, averaged over samples."""
-    p = pred[:, :, t][..., dims].astype(np.float64)
+    p = np.moveaxis(pred[:, :, t][..., dims], 1, 0)
     y = truth[:, t][..., dims]
 
     def stat(idx: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(idx))
-        for lo in range(0, len(idx), chunk):
-            rows = idx[lo : lo + chunk]
-            out[lo : lo + chunk] = np.mean([frechet_distance_batch(p[rows, j], y[rows])
-                                            for j in range(p.shape[1])], axis=0)
-        return out
+        return np.concatenate([frechet_distance_resampled(p, y, idx[lo : lo + chunk]).mean(0)
+                               for lo in range(0, len(idx), chunk)])
 
     return stat
 

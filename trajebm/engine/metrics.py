@@ -45,26 +45,47 @@ def frechet_distance_samples(x: np.ndarray, y: np.ndarray) -> float:
     return frechet_distance(*gaussian_stats(x), *gaussian_stats(y))
 
 
-def frechet_distance_batch(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Fréchet distances between Gaussians fitted to ``x[b]`` and ``y[b]``, (B, n, D) each.
+def frechet_distance_resampled(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Fréchet distances between Gaussians fitted to ``x[..., r, :]`` and ``y[r]`` for each row
+    ``r`` of ``idx`` (B, m): the bootstrap of an FD, B resamples at once.
 
-    The same value as :func:`frechet_distance_samples` per pair, computed for a whole batch of
-    sample sets at once (bootstrap resamples): batched covariances and eigendecompositions.
+    ``x`` is (n, D) or (..., n, D) (several sample sets scored against one ``y``, (n, D));
+    returns (B,) or (..., B). Each resample's moments come from its row counts through one
+    matrix product with the points' outer products, and the square root of ``y``'s covariance
+    is shared by all sample sets: one GEMM and about one small eigendecomposition per FD. The
+    same value as :func:`frechet_distance_samples` per row.
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.ndim != 3 or x.shape != y.shape or x.shape[1] < 2:
-        raise ValueError(f"need two (B, n >= 2, D) arrays of one shape, got {x.shape}, {y.shape}")
-    n = x.shape[1]
-    mu1, mu2 = x.mean(1), y.mean(1)
-    dx, dy = x - mu1[:, None], y - mu2[:, None]
-    sigma1 = dx.transpose(0, 2, 1) @ dx / (n - 1)
-    sigma2 = dy.transpose(0, 2, 1) @ dy / (n - 1)
-    w, v = np.linalg.eigh(sigma1)
-    root1 = (v * np.sqrt(np.clip(w, 0.0, None))[:, None, :]) @ v.transpose(0, 2, 1)
-    inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    idx = np.asarray(idx)
+    if y.ndim != 2 or x.shape[-2:] != y.shape or idx.ndim != 2 or idx.shape[1] < 2:
+        raise ValueError(f"need x (..., n, D), y (n, D) and idx (B, m >= 2), got {x.shape}, "
+                         f"{y.shape}, {idx.shape}")
+    n, b = len(y), len(idx)
+    counts = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n)
+    counts = counts.reshape(b, n).astype(np.float64)
+    mu1, sigma1 = _resampled_moments(x, counts)
+    mu2, sigma2 = _resampled_moments(y, counts)
+    w, v = np.linalg.eigh(sigma2)
+    root2 = (v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]) @ np.swapaxes(v, -1, -2)
+    inner = np.linalg.eigvalsh(root2 @ sigma1 @ root2)
     trace_sqrt = np.sqrt(np.clip(inner, 0.0, None)).sum(-1)
-    traces = np.trace(sigma1, axis1=1, axis2=2) + np.trace(sigma2, axis1=1, axis2=2)
+    traces = np.trace(sigma1, axis1=-2, axis2=-1) + np.trace(sigma2, axis1=-2, axis2=-1)
     return ((mu1 - mu2) ** 2).sum(-1) + traces - 2.0 * trace_sqrt
+
+
+def _resampled_moments(x: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Means (..., B, D) and covariances (..., B, D, D) of ``x`` (..., n, D) weighted by counts."""
+    m = counts.sum(1)
+    shift = x.mean(-2, keepdims=True)
+    centred = x - shift
+    d = x.shape[-1]
+    mean = counts @ centred / m[:, None]
+    i, j = np.triu_indices(d)
+    second = np.empty((*mean.shape, d))
+    second[..., i, j] = counts @ (centred[..., i] * centred[..., j])
+    second[..., j, i] = second[..., i, j]
+    cov = second - m[:, None, None] * mean[..., :, None] * mean[..., None, :]
+    return mean + shift, cov / (m - 1)[:, None, None]
 
 
 def energy_distance(x: np.ndarray, y: np.ndarray, max_points: int = 4000, seed: int = 0) -> float:

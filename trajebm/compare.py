@@ -290,17 +290,19 @@ def plot_bands(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    variants = summary["variants"]
+    colors = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20").colors
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.plot(np.arange(1, summary["horizon"] + 1), summary["floor_curve"], "k--",
             label="train vs test")
     x = summary["band_steps"]
-    for spec, entry in summary["variants"].items():
+    for (spec, entry), color in zip(variants.items(), colors, strict=False):
         band = entry["band"]
-        (line,) = ax.plot(x, band["median"], label=spec)
-        ax.fill_between(x, band["low"], band["high"], color=line.get_color(), alpha=0.2)
+        ax.plot(x, band["median"], label=spec, color=color)
+        ax.fill_between(x, band["low"], band["high"], color=color, alpha=0.15)
     ax.set(yscale="log", xlabel="predicted step", ylabel="Fréchet distance (z units)",
            title=f"median over {summary['seeds']} seeds, 95% interval")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

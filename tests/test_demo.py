@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from trajebm.cli import main
-from trajebm.demo import DemoConfig, run_demo
+from trajebm.demo import MODELS, DemoConfig, run_demo
 
 
 def test_demo_end_to_end_tiny(tmp_path, capsys):
@@ -23,10 +23,9 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     assert video.shape[2] == 6 * video.shape[1]  # truth + 5 models
     text = (out / "README.md").read_text()
     assert "rollouts.mp4" in text
-    for name in ("ebm", "ebm-uncond", "fc", "fc-paper", "ensemble", "train vs test", "fd@96"):
+    for name in (*MODELS, "train vs test", "fd@96"):
         assert name in text
-    assert set(json.loads((out / "metrics.json").read_text())["models"]) == {
-        "ebm", "ebm-uncond", "fc", "fc-paper", "ensemble"}
+    assert set(json.loads((out / "metrics.json").read_text())["models"]) == set(MODELS)
     assert report["timings"]["total"] > 0 and report["dataset_id"] == "trajebm/hand-demo-v0"
     status = main(["demo", "--out", str(tmp_path / "demo"), "--episodes", "20", "--length",
                    "12", "--ebm-steps", "4", "--baseline-steps", "6", "--samples", "2",

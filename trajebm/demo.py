@@ -16,7 +16,7 @@ from typing import Any
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import atomic_write_bytes, write_run_info
 from trajebm.evaluate import EvalConfig, evaluate, markdown_table
-from trajebm.fit import fit_model, variant_config
+from trajebm.fit import DEFAULT_MODEL, fit_model, variant_config
 from trajebm.models import MODEL_FILE
 
 
@@ -40,7 +40,7 @@ class DemoConfig:
 
 
 DATASET_ID = "trajebm/hand-demo-v0"
-MODELS = ("ebm", "ebm-uncond", "fc", "fc-paper", "ensemble")
+MODELS = (DEFAULT_MODEL, "ebm-uncond", "fc", "fc-paper", "ensemble")
 """Named variants (:data:`trajebm.fit.VARIANTS`) the demo trains, with their defaults."""
 
 

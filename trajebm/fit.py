@@ -360,6 +360,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 """Named model variants: a base for :func:`variant_config` (``NAME:key=value,...``)."""
 
+DEFAULT_MODEL = "ebm-proposal"
+"""The variant ``trajebm train`` and the demo use: the best EBM of the README's comparison."""
+
 MODEL_KEYS = {f for f in ModelConfig.__dataclass_fields__ if f not in ("state_dim",
                                                                        "action_dim")}
 FIT_KEYS = {f for f in FitConfig.__dataclass_fields__ if f not in ("model", "train")}
@@ -441,7 +444,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``trajebm train``."""
     p = subparsers.add_parser("train", help="train a trajectory model (any named variant)")
     p.add_argument("--data", required=True, help="dataset folder (from `trajebm collect`)")
-    p.add_argument("--model", default="ebm",
+    p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"NAME[:key=value,...], NAME one of {' '.join(VARIANTS)}; keys are "
                         f"fields of the model, fit or trainer config (e.g. "
                         f"ebm:context_noise=0.1,spectral_norm=true,sampler_steps=40)")

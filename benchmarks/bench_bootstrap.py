@@ -13,7 +13,7 @@ Method: the hand data's shapes (500 test starts, 31 dims; 24 and 7 for the hand 
 groups); both paths get identical index arrays and are checked to agree to 1e-9 relative.
 Best of ``--repeats`` timings each.
 
-Run: ``.venv/bin/python benchmarks/bench_bootstrap.py`` (about 30 s on 2 CPU cores).
+Run: ``.venv/bin/python benchmarks/bench_bootstrap.py`` (a few seconds on 2 CPU cores).
 """
 
 from __future__ import annotations

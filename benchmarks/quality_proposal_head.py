@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trajebm.engine.metrics import frechet_distance_samples
-from trajebm.evaluate import load_test_set
+from trajebm.evaluate import fd_per_step, load_test_set
 from trajebm.models import load_model
 from trajebm.rollout import predict_rollouts
 
@@ -41,9 +40,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def fd_at_steps(pred: np.ndarray, truth: np.ndarray) -> list[float]:
-    """FD at STEPS of (n, S, H, D) z-scored predictions, averaged over the S samples."""
-    return [float(np.mean([frechet_distance_samples(pred[:, j, t - 1], truth[:, t - 1])
-                           for j in range(pred.shape[1])])) for t in STEPS]
+    """FD at STEPS of (n, S, H, D) z-scored predictions, as ``trajebm compare`` scores them."""
+    at = [t - 1 for t in STEPS]
+    return fd_per_step(pred[:, :, at], truth[:, at]).tolist()
 
 
 def main() -> None:

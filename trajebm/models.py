@@ -222,10 +222,15 @@ class TrajectoryEBM(TrajectoryModel):
         """MSE of the proposal head on the true next states (the trainer's ``aux_loss``)."""
         return (self.center(cond) - x).pow(2).mean()
 
-    def forward(self, x: Tensor, cond: Tensor, sigma: Tensor | float | None = None) -> Tensor:
-        """The energy; a noise-conditioned model (dsm) at level ``sigma`` (default sigma_min)."""
+    def forward(self, x: Tensor, cond: Tensor, sigma: Tensor | float | None = None,
+                center: Tensor | None = None) -> Tensor:
+        """The energy; a noise-conditioned model (dsm) at level ``sigma`` (default sigma_min).
+
+        ``center`` is :meth:`center` of ``cond`` when the caller already has it (a chain's
+        condition is fixed, so :meth:`propose` computes it once, not at every Langevin step).
+        """
         if self.config.delta_input:
-            x = x - self.center(cond).detach()
+            x = x - (self.center(cond).detach() if center is None else center)
         parts = [cond, x]
         if self.config.objective == "dsm":
             sigma = torch.as_tensor(self.config.sigma_min if sigma is None else sigma,
@@ -270,7 +275,12 @@ class TrajectoryEBM(TrajectoryModel):
         try:
             if self.config.objective == "dsm":
                 return self._annealed(cond, steps, temperature, extra)
-            energy = self if extra is None else (self, extra)
+            own: ZEnergy = self
+            if self.proposal is not None:
+                with torch.no_grad():
+                    mu = self.center(cond)
+                own = lambda x, c: self(x, c, center=mu)  # noqa: E731
+            energy = own if extra is None else (own, extra)
             cfg = self.config.sampler
             return langevin(energy, self.init_chains(cond), cond, cfg,
                             steps=cfg.steps if steps is None else steps, temperature=temperature)

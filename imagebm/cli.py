@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from imagebm import download, evaluate, sample, train
+from imagebm import classify, continual, download, evaluate, ood, robustness, sample, train
 from trajebm.engine.console import run_command
 
-SUBCOMMANDS = (train, sample, evaluate, download)
+SUBCOMMANDS = (train, sample, evaluate, classify, ood, robustness, continual, download)
 
 
 def build_parser() -> argparse.ArgumentParser:

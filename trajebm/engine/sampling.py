@@ -155,16 +155,19 @@ def langevin(
     mask: Tensor | None = None,
     return_chain: bool = False,
     keep_last_graph: bool = False,
+    differentiable: bool = False,
     **overrides,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Run a Langevin chain from ``x`` and return the final samples (detached).
+    """Run a Langevin chain from ``x`` and return the final samples (detached unless asked).
 
     ``overrides`` replace fields of ``config`` (e.g. ``steps=20``). ``mask`` (broadcastable to
     ``x``; 1 = update, 0 = keep) freezes elements, as in inpainting: frozen elements are neither
     moved nor clamped to ``bounds``. ``return_chain`` also returns every state, shape
     ``(steps + 1, *x.shape)``. ``keep_last_graph`` keeps the autograd graph of the final step so
     a loss on the result reaches the energy's parameters (the KL term of improved contrastive
-    divergence).
+    divergence). ``differentiable`` keeps the graph of every step and of ``x`` itself, so the
+    result is a differentiable function of the starting point (an attack through the sampler;
+    the noise is then a fixed draw, so averaging over draws gives the expectation).
     """
     cfg = replace(config or LangevinConfig(), **overrides)
     fn = total_energy(energy)
@@ -172,10 +175,10 @@ def langevin(
     root_t = math.sqrt(cfg.temperature)
     if mask is not None:
         mask = mask.to(dtype=x.dtype, device=x.device)
-    x = x.detach()
+    x = x if differentiable else x.detach()
     chain = [x] if return_chain else None
     for i, size in enumerate(step_sizes(cfg)):
-        last = keep_last_graph and i == cfg.steps - 1
+        last = differentiable or (keep_last_graph and i == cfg.steps - 1)
         if paper:
             drift, noise = size, cfg.noise * math.sqrt(size / cfg.step_size) * root_t
         else:

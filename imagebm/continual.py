@@ -238,7 +238,7 @@ class EBMLearner(Learner):
         self.setup.fit(self.model, images, labels, seed, work, buffer=buffer, aux_loss=aux)
 
     def logits(self, images: Tensor) -> Tensor:
-        return predict(EnergyClassifier(copy.deepcopy(self.model)), images)
+        return predict(EnergyClassifier(copy.deepcopy(self.model)).eval(), images)
 
 
 def current_task_cross_entropy(model: nn.Module, classes: tuple[int, ...], weight: float,

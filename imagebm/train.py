@@ -112,6 +112,12 @@ def _paper(**sampler: Any) -> TrainConfig:
     return image_training(sampler=_cifar_sampler(**sampler))
 
 
+_DIGITS = ImageTrainConfig(
+    dataset="digits", conditional=True, batch_size=128,
+    model=ImageEBMConfig(arch="small", image_size=8, channels=1, width=16),
+    train=image_training(steps=1500, lr=1e-3, sampler=_cifar_sampler(steps=15),
+                         snapshot_every=100, checkpoint_every=250))
+
 PRESETS: dict[str, ImageTrainConfig] = {
     "cifar10-uncond": ImageTrainConfig(
         dataset="cifar10", model=ImageEBMConfig(arch="resnet32large", image_size=32, channels=3,
@@ -135,16 +141,8 @@ PRESETS: dict[str, ImageTrainConfig] = {
         model=ImageEBMConfig(arch="dsprites", image_size=64, channels=1),
         train=_paper(steps=20, step_size=500.0))
         for factor in ("shape", "scale", "orientation", "x", "y")},
-    "digits": ImageTrainConfig(
-        dataset="digits", conditional=True, batch_size=128,
-        model=ImageEBMConfig(arch="small", image_size=8, channels=1, width=16),
-        train=image_training(steps=1500, lr=1e-3, sampler=_cifar_sampler(steps=15),
-                             snapshot_every=100, checkpoint_every=250)),
-    "digits-hybrid": ImageTrainConfig(
-        dataset="digits", conditional=True, batch_size=128, class_weight=1.0,
-        model=ImageEBMConfig(arch="small", image_size=8, channels=1, width=16),
-        train=image_training(steps=1500, lr=1e-3, sampler=_cifar_sampler(steps=15),
-                             snapshot_every=100, checkpoint_every=250)),
+    "digits": _DIGITS,
+    "digits-hybrid": replace(_DIGITS, class_weight=1.0),
     "dsprites-16": ImageTrainConfig(
         dataset="dsprites-procedural", image_size=16, label_factor="shape", limit=20_000,
         conditional=True, init="dsprites",

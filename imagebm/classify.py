@@ -79,15 +79,15 @@ class EnergyClassifier(nn.Module):
         self.num_classes = model.config.num_classes
         self.langevin_steps = langevin_steps
         self.samples = samples
-        self.sampler = replace(sampler or LangevinConfig(bounds=(0.0, 1.0)),
+        default = LangevinConfig(step_size=REFINE_STEP_SIZE, bounds=(0.0, 1.0))
+        self.sampler = replace(sampler or default,
                                steps=langevin_steps)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.langevin_steps == 0:
             return -self.model.class_energies(x)
         n, k = x.shape[0], self.num_classes
-        xs = x.unsqueeze(1).expand(n, k, *x.shape[1:]).reshape(n * k, *x.shape[1:])
-        ys = torch.arange(k, device=x.device).repeat(n)
+        xs, ys = self.model.class_pairs(x)
         keep = torch.is_grad_enabled()
         total = torch.zeros(n, k, device=x.device, dtype=x.dtype)
         for _ in range(self.samples):

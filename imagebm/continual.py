@@ -51,8 +51,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from imagebm.classify import EnergyClassifier, SoftmaxClassifier, predict
-from imagebm.models import ImageEBMConfig, build_model
-from imagebm.train import PRESETS, ImageTrainConfig, chain_init, load_training_data, model_config
+from imagebm.models import ImageEBM, ImageEBMConfig, build_model
+from imagebm.train import (
+    PRESETS,
+    ImageTrainConfig,
+    chain_init,
+    load_training_data,
+    model_config,
+    to_unit,
+)
 from trajebm.engine.buffer import ReplayBuffer
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
@@ -153,10 +160,6 @@ def _rows(labels: Tensor, classes: tuple[int, ...]) -> Tensor:
     return torch.isin(labels, torch.tensor(classes)).nonzero().squeeze(1)
 
 
-def _to_unit(images: Tensor) -> Tensor:
-    return images.float() / 255.0
-
-
 @dataclass
 class ContinualSetup:
     """What every method of a run shares: the preset, its data, the split and the device."""
@@ -189,7 +192,7 @@ class ContinualSetup:
         if loss_fn is not None:
             train = replace(train, energy_limit=math.inf)
         batches = TensorBatches(images, labels, self.image.batch_size, seed=seed,
-                                transform=_to_unit)
+                                transform=to_unit)
         Trainer(model, batches, buffer, train, work, self.device, loss_fn=loss_fn,
                 aux_loss=aux_loss).fit()
 
@@ -241,16 +244,15 @@ class EBMLearner(Learner):
         return predict(EnergyClassifier(copy.deepcopy(self.model)).eval(), images)
 
 
-def current_task_cross_entropy(model: nn.Module, classes: tuple[int, ...], weight: float,
+def current_task_cross_entropy(model: ImageEBM, classes: tuple[int, ...], weight: float,
                                alpha: float = 0.0) -> LossFn:
     """``weight`` x cross-entropy of ``-E(x, y)`` over ``classes`` only (the positives' task),
     plus ``alpha`` x the mean squared energy of those pairs (the trainer's L2 term)."""
     table = torch.tensor(classes)
 
     def loss(x: Tensor, y: Tensor | None) -> Tensor:
-        n, k = len(x), len(classes)
         ys = table.to(x.device)
-        energies = model(x.repeat_interleave(k, 0), ys.repeat(n)).view(n, k)
+        energies = model.class_energies(x, ys)
         target = (y.unsqueeze(1) == ys).float().argmax(1)
         return weight * F.cross_entropy(-energies, target) + alpha * energies.pow(2).mean()
 
@@ -311,7 +313,7 @@ class EWCLearner(SoftmaxLearner):
         idx = torch.randperm(len(images))[:cfg.fisher_samples]
         self.model.eval()
         for i in idx:
-            logits = self.model(_to_unit(images[i:i + 1]).to(device))[:, :self.seen]
+            logits = self.model(to_unit(images[i:i + 1]).to(device))[:, :self.seen]
             loss = F.cross_entropy(logits, logits.argmax(1).detach())
             for f, g in zip(fisher, torch.autograd.grad(loss, params), strict=True):
                 f.add_(g.detach().pow(2) / len(idx))
@@ -420,7 +422,7 @@ def _evaluate(setup: ContinualSetup, learner: Learner, task: int) -> tuple[float
     and on each seen task's classes."""
     seen = [c for t in setup.tasks[:task + 1] for c in t]
     rows = _rows(setup.test_labels, tuple(seen))
-    images, labels = _to_unit(setup.test_images[rows]), setup.test_labels[rows]
+    images, labels = to_unit(setup.test_images[rows]), setup.test_labels[rows]
     logits = learner.logits(images)
     mask = torch.full((setup.num_classes,), -math.inf)
     mask[seen] = 0.0

@@ -309,14 +309,19 @@ class ImageEBM(nn.Module):
         h = h.sum((2, 3)) if self.spec.layout == "resnet" else h.flatten(1)
         return self.head(self.fc(h)).squeeze(-1)
 
-    def class_energies(self, x: Tensor) -> Tensor:
-        """``E(x, y)`` for every class y, shape (B, num_classes): the logits are its negative."""
-        k = self.config.num_classes
-        if k == 0:
+    def class_pairs(self, x: Tensor, classes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Each image once per class (all, or ``classes``) and those labels: (B*K, ...), (B*K,)."""
+        if self.config.num_classes == 0:
             raise UsageError("class energies need a class-conditional model (num_classes > 0)")
-        n = x.shape[0]
-        xs = x.unsqueeze(1).expand(n, k, *x.shape[1:]).reshape(n * k, *x.shape[1:])
-        return self(xs, torch.arange(k, device=x.device).repeat(n)).view(n, k)
+        ys = (torch.arange(self.config.num_classes, device=x.device) if classes is None
+              else classes.to(x.device))
+        n, k = x.shape[0], len(ys)
+        return x.unsqueeze(1).expand(n, k, *x.shape[1:]).reshape(n * k, *x.shape[1:]), ys.repeat(n)
+
+    def class_energies(self, x: Tensor, classes: Tensor | None = None) -> Tensor:
+        """``E(x, y)`` for every class y (or each of ``classes``), shape (B, K): the logits are
+        its negative."""
+        return self(*self.class_pairs(x, classes)).view(x.shape[0], -1)
 
     def _check(self, x: Tensor, labels: Tensor | None) -> Tensor | None:
         """Raise :class:`UsageError` for inputs this model was not built for; labels as used."""

@@ -133,17 +133,10 @@ def score_functions(run: ImageRun, reference: torch.nn.Module
         scores["ebm-min"] = lambda x: predict(ebm, x).max(1).values.numpy()
         scores["ebm-lse"] = lambda x: predict(ebm, x).logsumexp(1).numpy()
     else:
-        scores["ebm"] = lambda x: _unconditional(model, x)
+        scores["ebm"] = lambda x: -predict(model, x).numpy()
     scores["softmax-msp"] = lambda x: predict(reference, x).softmax(1).max(1).values.numpy()
     scores["softmax-energy"] = lambda x: predict(reference, x).logsumexp(1).numpy()
     return scores
-
-
-@torch.no_grad()
-def _unconditional(model: torch.nn.Module, images: Tensor, batch_size: int = 256) -> np.ndarray:
-    device = next(model.parameters()).device
-    return torch.cat([-model(images[i:i + batch_size].to(device)).cpu()
-                      for i in range(0, len(images), batch_size)]).numpy()
 
 
 def ood_report(run_dir: str | os.PathLike, *, ood_files: tuple[str, ...] = (),

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from imagebm.classify import load_classifier, reference_for, refine_sampler, test_split
+from imagebm.classify import load_classifier, predict, reference_for, refine_sampler, test_split
 from imagebm.train import load_image_run
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
@@ -247,10 +247,7 @@ def adversarial_examples(model: nn.Module, x: Tensor, y: Tensor, *, norm: Norm, 
 def correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 100) -> Tensor:
     """Per example (bool, on CPU): classified right by a fresh forward pass of ``model`` (fresh
     Langevin noise for a refined EBM)."""
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        return torch.cat([(model(x[b].to(device)).argmax(1).cpu() == y[b])
-                          for b in _batches(len(x), batch_size)])
+    return predict(model, x, batch_size).argmax(1) == y
 
 
 def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, norm: Norm, eps: float,

@@ -223,7 +223,8 @@ def class_loss(model: ImageEBM, weight: float) -> Callable[[Tensor, Tensor], Ten
     return loss
 
 
-def _to_unit(images: Tensor) -> Tensor:
+def to_unit(images: Tensor) -> Tensor:
+    """uint8 images as float32 in [0, 1] (the batches' transform)."""
     return images.float() / 255.0
 
 
@@ -247,7 +248,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | os.PathLike,
     shape = tuple(data.images.shape[1:])
     labels = data.labels if cfg.conditional else None
     batches = TensorBatches(data.images, labels, cfg.batch_size, seed=seed + rank,
-                            transform=_to_unit)
+                            transform=to_unit)
     buffer = ReplayBuffer(cfg.buffer_size, shape, chain_init(cfg.init, shape),
                           cond_shape=() if labels is not None else None,
                           cond_dtype=torch.int64, dtype=torch.uint8,

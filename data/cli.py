@@ -1,8 +1,10 @@
-"""`trajebm collect` and `trajebm dataset info|render`: thin wrappers over trajebm.data."""
+"""`trajebm collect` and `trajebm dataset info|render|merge`: thin wrappers over trajebm.data."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from trajebm.engine.errors import UsageError
 
@@ -13,9 +15,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--env", default="trajebm/ShadowHandBlock-v0", help="registered env id")
     p.add_argument("--episodes", type=int, required=True, help="number of trajectories N")
     p.add_argument("--length", type=int, default=100, help="steps per trajectory T")
-    p.add_argument("--policy", default="scripted", help="random | ou | scripted")
+    p.add_argument("--policy", default="scripted",
+                   help="random | ou | scripted | pd, or module:function, a closed-loop "
+                        "policy(states (N, D), step) -> actions (N, 20)")
     p.add_argument("--random-every", type=int, default=0, metavar="K",
                    help="replace every K-th action by a uniform random one (0: never)")
+    p.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="add Gaussian noise of this std to every action, then clip to [-1, 1]")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="collect only shard I of N (a contiguous block of episodes); join the "
+                        "shards with `trajebm dataset merge`")
     p.add_argument("--velocities", action="store_true",
                    help="include joint and object velocities in the state")
     p.add_argument("--out", required=True, help="dataset folder DIR (DIR/data/...)")
@@ -42,23 +51,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     render.add_argument("--height", type=int, default=256)
     render.add_argument("--every", type=int, default=1, help="render every n-th state")
     render.set_defaults(func=run_render)
+    merge = sub.add_parser("merge", help="join the shards of a collection into one dataset")
+    merge.add_argument("shards", nargs="+", metavar="SHARD_DIR", help="shard folders")
+    merge.add_argument("--out", required=True, help="dataset folder DIR to create")
+    merge.add_argument("--dataset-id", default=None, help="minari dataset id (default from DIR)")
+    merge.set_defaults(func=run_merge)
 
 
 def run_collect(args: argparse.Namespace) -> int:
-    from trajebm.data.collection import CollectConfig, collect
+    from trajebm.data.collection import CollectConfig, collect, parse_shard, shard_ids
     from trajebm.data.policies import PolicyConfig
 
     if args.workers is not None and args.workers <= 0:
         raise UsageError(f"--workers must be positive, got {args.workers}")
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    if ":" in args.policy and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # module:function may name a module in the cwd
+    policy = PolicyConfig(name=args.policy, random_every=args.random_every,
+                          action_noise=args.action_noise)
     cfg = CollectConfig(
-        env_id=args.env, episodes=args.episodes, length=args.length,
-        policy=PolicyConfig(name=args.policy, random_every=args.random_every),
+        env_id=args.env, episodes=args.episodes, length=args.length, policy=policy,
         seed=args.seed, include_velocities=args.velocities, chunk_episodes=args.chunk,
     )
     data_dir = collect(cfg, args.out, workers=args.workers, resume=args.resume,
                        overwrite=args.overwrite, dataset_id=args.dataset_id,
-                       progress=not args.quiet)
-    print(f"wrote {cfg.episodes} episodes x {cfg.length} steps to {data_dir}")
+                       progress=not args.quiet, shard=shard)
+    n = len(shard_ids(cfg.episodes, *shard)) if shard else cfg.episodes
+    print(f"wrote {n} episodes x {cfg.length} steps to {data_dir}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from trajebm.data.collection import merge_shards
+
+    data_dir = merge_shards(args.shards, args.out, dataset_id=args.dataset_id)
+    print(f"merged {len(args.shards)} shards into {data_dir}")
     return 0
 
 

@@ -1,8 +1,11 @@
 """Reading trajectory datasets: windows, whole trajectories, split by trajectory, z-score stats.
 
-A window is (k context states s_{t-k+1..t}, action a_t, next state s_{t+1}); all windows
-are cut at once with fancy indexing. Episodes are split into train/test by a seeded
-permutation of trajectory ids, and normalisation statistics use the training split only.
+A window is (k context states s_{t-k+1..t}, action a_t, next state s_{t+1}). Episodes are read
+through the consolidated cache (:mod:`trajebm.data.cache`): flat memory-mapped arrays, so a
+window is a start row and any set of windows is gathered with one fancy index, and a dataset
+of 200,000 episodes opens in seconds without loading it. Episodes are split into train/test
+by a seeded permutation of trajectory ids, and normalisation statistics use the training split
+only (exact, from per-episode moments).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from trajebm.data import storage
+from trajebm.data.cache import episode_arrays
 from trajebm.engine.errors import UsageError
 
 SPLITS = ("train", "val", "test", "all")
@@ -58,11 +61,21 @@ class NormStats:
     def of(cls, x: np.ndarray, dtype: str | np.dtype = "float64") -> NormStats:
         """Statistics of the rows of ``x``, computed in float64 and stored as ``dtype``."""
         x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-        std = x.std(axis=0)
+        return cls.floored_std(x.mean(axis=0), x.std(axis=0), dtype)
+
+    @classmethod
+    def of_moments(cls, moments: tuple[int, np.ndarray, np.ndarray],
+                   dtype: str | np.dtype = "float64") -> NormStats:
+        """Statistics from (count, mean, centred sum of squares) (``EpisodeArrays.moments``)."""
+        count, mean, m2 = moments
+        return cls.floored_std(mean, np.sqrt(m2 / count), dtype)
+
+    @classmethod
+    def floored_std(cls, mean: np.ndarray, std: np.ndarray, dtype: str | np.dtype) -> NormStats:
+        """Mean and std as ``dtype``, the std raised to the floor (class docstring)."""
         floor = max(RELATIVE_FLOOR * float(np.median(std)), ABSOLUTE_FLOOR)
         floored = tuple(int(i) for i in np.flatnonzero(std < floor))
-        std = np.maximum(std, floor)
-        return cls(x.mean(axis=0).astype(dtype), std.astype(dtype), floored)
+        return cls(mean.astype(dtype), np.maximum(std, floor).astype(dtype), floored)
 
 
 class TrajectoryDataset:
@@ -71,13 +84,14 @@ class TrajectoryDataset:
     Episodes are split into test (``test_fraction``, by a permutation seeded with ``seed``),
     validation (``val_fraction`` of the rest, for model selection) and train. The test split
     depends on ``seed`` and ``test_fraction`` only, so adding a validation split never moves
-    a test trajectory. Everything is held in memory as ``dtype`` arrays (use float32 for
-    torch training); ``torch.from_numpy`` on the arrays of :meth:`windows` gives tensors.
+    a test trajectory. The data stay memory-mapped (stored as float32); what a method returns
+    is ``dtype`` (use float32 for torch training). For large datasets use
+    :meth:`window_starts` and :meth:`gather` (a batch at a time) rather than :meth:`windows`.
     """
 
     def __init__(self, path: str | os.PathLike, context: int = 4, test_fraction: float = 0.1,
                  seed: int = 0, dtype: str | np.dtype = "float64",
-                 val_fraction: float = 0.0) -> None:
+                 val_fraction: float = 0.0, progress: bool = True) -> None:
         if context <= 0:
             raise UsageError(f"context must be positive, got {context}")
         if not 0.0 <= test_fraction < 1.0:
@@ -86,16 +100,17 @@ class TrajectoryDataset:
             raise UsageError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.path = Path(path)
         self.context = context
+        self.dtype = np.dtype(dtype)
         self.split = {"seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction}
-        self.metadata, self._states, self._actions = storage.load_arrays(path)
-        lengths = np.array([len(a) for a in self._actions])
+        self.metadata, self.arrays = episode_arrays(path, progress)
+        lengths = self.arrays.lengths
         short = np.flatnonzero(lengths < context)
         if len(short):
             raise UsageError(
                 f"episode {short[0]} has {lengths[short[0]]} steps; a window of {context} "
                 f"context states needs at least {context}"
             )
-        n = len(self._states)
+        n = self.arrays.num_episodes
         n_test = _split_size(test_fraction, n)
         order = np.random.default_rng(seed).permutation(n)
         rest = order[n_test:]
@@ -108,10 +123,8 @@ class TrajectoryDataset:
             "all": np.arange(n),
         }
         train = self.split_ids["train"]
-        self.state_stats = NormStats.of(np.concatenate([self._states[i] for i in train]), dtype)
-        self.action_stats = NormStats.of(np.concatenate([self._actions[i] for i in train]), dtype)
-        self._states = [s.astype(dtype, copy=False) for s in self._states]
-        self._actions = [a.astype(dtype, copy=False) for a in self._actions]
+        self.state_stats = NormStats.of_moments(self.arrays.moments(train, "state"), dtype)
+        self.action_stats = NormStats.of_moments(self.arrays.moments(train, "action"), dtype)
 
     @property
     def state_names(self) -> list[str]:
@@ -119,64 +132,73 @@ class TrajectoryDataset:
 
     @property
     def state_dim(self) -> int:
-        return self._states[0].shape[1]
+        return self.arrays.states.shape[1]
 
     @property
     def action_dim(self) -> int:
-        return self._actions[0].shape[1]
+        return self.arrays.actions.shape[1]
 
     @property
     def num_episodes(self) -> int:
-        return len(self._states)
+        return self.arrays.num_episodes
 
     def _ids(self, split: str) -> np.ndarray:
         if split not in SPLITS:
             raise UsageError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
         return self.split_ids[split]
 
-    def trajectories(self, split: str = "test", normalized: bool = False
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """States (n, T+1, D) and actions (n, T, A) of the whole episodes in ``split``."""
-        ids = self._ids(split)
-        if len({len(self._actions[i]) for i in ids}) > 1:
+    def _states(self, rows: np.ndarray, normalized: bool) -> np.ndarray:
+        x = self.arrays.states[rows].astype(self.dtype, copy=False)
+        return self.state_stats.normalize(x) if normalized else x
+
+    def trajectories(self, split: str = "test", normalized: bool = False,
+                     limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """States (n, T+1, D) and actions (n, T, A) of the whole episodes in ``split`` (the
+        first ``limit`` of them, if given)."""
+        ids = self._ids(split)[:limit]
+        if not len(ids):
+            return np.zeros((0, 0, 0), self.dtype), np.zeros((0, 0, 0), self.dtype)
+        lengths = self.arrays.lengths[ids]
+        if lengths.min() != lengths.max():
             raise UsageError("episodes have different lengths; use windows() instead")
-        states = np.stack([self._states[i] for i in ids]) if len(ids) else np.zeros((0, 0, 0))
-        actions = np.stack([self._actions[i] for i in ids]) if len(ids) else np.zeros((0, 0, 0))
-        if normalized and len(ids):
-            states = self.state_stats.normalize(states)
-        return states, actions
+        steps = np.arange(lengths[0] + 1)
+        states = self._states(self.arrays.state_start[ids][:, None] + steps, normalized)
+        actions = self.arrays.actions[self.arrays.action_start[ids][:, None] + steps[:-1]]
+        return states, actions.astype(self.dtype, copy=False)
+
+    def window_starts(self, split: str = "train", horizon: int = 1) -> np.ndarray:
+        """The flat state row of the first context state of every window of ``split``, int64.
+
+        A window holds ``context`` states then ``horizon`` actions and next states; episode
+        order, then time order. Pass (a subset of) them to :meth:`gather`.
+        """
+        ids = self._ids(split)
+        if horizon < 1:
+            raise UsageError(f"horizon must be >= 1, got {horizon}")
+        per_episode = np.maximum(self.arrays.lengths[ids] - self.context - horizon + 2, 0)
+        total = int(per_episode.sum())
+        first = np.repeat(self.arrays.state_start[ids], per_episode)
+        offset = np.repeat(np.cumsum(per_episode) - per_episode, per_episode)
+        return first + (np.arange(total) - offset)
+
+    def gather(self, starts: np.ndarray, horizon: int = 1, normalized: bool = False) -> Windows:
+        """The windows beginning at state rows ``starts`` (from :meth:`window_starts`)."""
+        k, starts = self.context, np.asarray(starts, dtype=np.int64)
+        episode = np.searchsorted(self.arrays.state_start, starts, side="right") - 1
+        ahead = np.arange(horizon)
+        context = self._states(starts[:, None] + np.arange(k), normalized)
+        next_state = self._states(starts[:, None] + k + ahead, normalized)
+        first_action = starts - episode + k - 1
+        action = self.arrays.actions[first_action[:, None] + ahead].astype(self.dtype,
+                                                                           copy=False)
+        if horizon == 1:
+            next_state, action = next_state[:, 0], action[:, 0]
+        return Windows(context, action, next_state)
 
     def windows(self, split: str = "train", normalized: bool = False, horizon: int = 1
                 ) -> Windows:
         """Every (context, action(s), next state(s)) window of the episodes in ``split``."""
-        ids = self._ids(split)
-        k, h = self.context, horizon
-        if h < 1:
-            raise UsageError(f"horizon must be >= 1, got {h}")
-        lengths = np.array([len(self._actions[i]) for i in ids], dtype=int)
-        per_episode = np.maximum(lengths - k - h + 2, 0)
-        if not per_episode.sum():
-            d, a = self.state_dim, self.action_dim
-            lead = (0,) if h == 1 else (0, h)
-            return Windows(np.zeros((0, k, d)), np.zeros((*lead, a)), np.zeros((*lead, d)))
-        states = np.concatenate([self._states[i] for i in ids])
-        actions = np.concatenate([self._actions[i] for i in ids])
-        state_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
-        action_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        episode = np.repeat(np.arange(len(ids)), per_episode)
-        offset = np.repeat(np.cumsum(per_episode) - per_episode, per_episode)
-        t = np.arange(per_episode.sum()) - offset
-        first = state_start[episode] + t
-        context = states[first[:, None] + np.arange(k)]
-        ahead = np.arange(h)
-        next_state = states[first[:, None] + k + ahead]
-        action = actions[(action_start[episode] + t + k - 1)[:, None] + ahead]
-        if h == 1:
-            next_state, action = next_state[:, 0], action[:, 0]
-        if normalized:
-            context = self.state_stats.normalize(context)
-            next_state = self.state_stats.normalize(next_state)
-        return Windows(context, action, next_state)
+        return self.gather(self.window_starts(split, horizon), horizon, normalized)
 
     def __len__(self) -> int:
         return self.num_episodes
@@ -191,17 +213,18 @@ def _split_size(fraction: float, n: int) -> int:
 
 def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
     """A summary of the dataset at ``path``: sizes, dims, policy, seeds and versions."""
-    metadata, states, actions = storage.load_arrays(path)
+    metadata, arrays = episode_arrays(path, progress=False)
     own = metadata["trajebm"]
-    lengths = [len(a) for a in actions]
-    floored = NormStats.of(np.concatenate(states)).floored if states else ()
+    lengths = arrays.lengths
+    ids = np.arange(arrays.num_episodes)
+    floored = NormStats.of_moments(arrays.moments(ids)).floored if len(ids) else ()
     return {
         "path": str(path),
         "dataset_id": metadata["dataset_id"],
         "env_id": own["env_id"],
-        "episodes": len(states),
-        "steps": int(sum(lengths)),
-        "episode_length": (min(lengths), max(lengths)) if lengths else (0, 0),
+        "episodes": len(lengths),
+        "steps": int(lengths.sum()),
+        "episode_length": (int(lengths.min()), int(lengths.max())) if len(ids) else (0, 0),
         "state_dim": own["state_dim"],
         "action_dim": own["action_dim"],
         "include_velocities": own["include_velocities"],

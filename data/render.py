@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trajebm.data import storage
+from trajebm.data.cache import episode_arrays
 from trajebm.engine.errors import UsageError
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -48,13 +48,15 @@ def render_episode(path: str | os.PathLike, episode: int, out: str | os.PathLike
         raise UsageError(f"output must end in .mp4, .gif or .png, got {out.name!r}")
     if every <= 0 or width <= 0 or height <= 0:
         raise UsageError("--every, --width and --height must be positive")
-    metadata, states, _ = storage.load_arrays(path)
-    if not 0 <= episode < len(states):
-        raise UsageError(f"episode {episode} out of range; the dataset has {len(states)}")
+    metadata, arrays = episode_arrays(path, progress=False)
+    if not 0 <= episode < arrays.num_episodes:
+        raise UsageError(f"episode {episode} out of range; the dataset has "
+                         f"{arrays.num_episodes}")
     own = metadata["trajebm"]
-    chosen = states[episode][::every]
+    states = arrays.states[arrays.state_start[episode] : arrays.state_start[episode + 1]]
+    chosen = states[::every].astype(np.float64)
     if suffix == ".png":
-        chosen = states[episode][np.linspace(0, len(states[episode]) - 1, STRIP_FRAMES).astype(int)]
+        chosen = states[np.linspace(0, len(states) - 1, STRIP_FRAMES).astype(int)].astype(float)
     frames = render_frames(own["env_id"], chosen, width, height, own["include_velocities"])
     out.parent.mkdir(parents=True, exist_ok=True)
     fps = max(1, round(1.0 / (own["dt"] * every)))

@@ -27,6 +27,7 @@ MAIN_FILE = "main_data.hdf5"
 METADATA_FILE = "metadata.json"
 MINARI_FORMAT_VERSION = "0.5.4"
 FORMAT_NAME = "trajebm-shadowhand"
+SHARD_FORMAT_NAME = "trajebm-shadowhand-shard"
 DATASET_ID_RE = re.compile(r"^(?:[-_\w][-_\w/]*[-_\w]+/)?[-_\w]+?(?:-v\d+)?$")
 
 
@@ -46,7 +47,8 @@ class Episode:
         return len(self.actions)
 
 
-def _write_group(file: h5py.File, ep: Episode) -> None:
+def write_group(file: h5py.File, ep: Episode) -> None:
+    """Add ``ep`` to an open file as group ``episode_{id}`` in the Minari layout."""
     group = file.create_group(f"episode_{ep.id}")
     group.attrs["id"] = ep.id
     group.attrs["seed"] = ep.seed
@@ -69,7 +71,7 @@ def write_episodes(path: Path, episodes: list[Episode]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with h5py.File(tmp, "w", track_order=True) as file:
         for ep in episodes:
-            _write_group(file, ep)
+            write_group(file, ep)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -96,7 +98,7 @@ def merge_episode_files(parts: list[Path], out: Path) -> None:
     with h5py.File(tmp, "w", track_order=True) as file:
         for part in parts:
             for ep in read_episodes(part):
-                _write_group(file, ep)
+                write_group(file, ep)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, out)
@@ -144,35 +146,10 @@ def read_metadata(root: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
         metadata = json.loads(meta_path.read_text())
     except (OSError, ValueError) as err:
         raise UsageError(f"{meta_path} is not valid JSON: {err}") from None
-    if not isinstance(metadata, dict) or metadata.get("trajebm", {}).get("format") != FORMAT_NAME:
+    fmt = metadata.get("trajebm", {}).get("format") if isinstance(metadata, dict) else None
+    if fmt == SHARD_FORMAT_NAME:
+        raise UsageError(f"{root} is one shard of a collection; join the shards with "
+                         "`trajebm dataset merge`")
+    if fmt != FORMAT_NAME:
         raise UsageError(f"{root} is not a trajebm Shadow-hand dataset (see `trajebm collect`)")
     return data_dir, metadata
-
-
-def load_arrays(
-    root: str | os.PathLike,
-) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray]]:
-    """Metadata, per-episode states and per-episode actions of a dataset, checked for sanity."""
-    data_dir, metadata = read_metadata(root)
-    dim = metadata["trajebm"]["state_dim"]
-    action_dim = metadata["trajebm"]["action_dim"]
-    states, actions = [], []
-    try:
-        with h5py.File(data_dir / MAIN_FILE, "r") as file:
-            for i in range(metadata["total_episodes"]):
-                group = file.get(f"episode_{i}")
-                if group is None:
-                    raise UsageError(f"{root}: episode_{i} is missing from {MAIN_FILE}")
-                obs, act = group["observations"][()], group["actions"][()]
-                if obs.ndim != 2 or obs.shape[1] != dim or act.shape != (len(obs) - 1, action_dim):
-                    raise UsageError(
-                        f"{root}: episode_{i} has observations {obs.shape} and actions "
-                        f"{act.shape}; expected (T+1, {dim}) and (T, {action_dim})"
-                    )
-                if not (np.all(np.isfinite(obs)) and np.all(np.isfinite(act))):
-                    raise UsageError(f"{root}: episode_{i} contains NaN or inf values")
-                states.append(obs)
-                actions.append(act)
-    except (OSError, KeyError) as err:
-        raise UsageError(f"{root}: cannot read {MAIN_FILE}: {err}") from None
-    return metadata, states, actions

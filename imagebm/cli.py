@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from imagebm import classify, continual, download, evaluate, ood, robustness, sample, train
-from trajebm.engine.console import run_command
+from trajebm.engine.console import add_threads_option, run_command
 
 SUBCOMMANDS = (train, sample, evaluate, classify, ood, robustness, continual, download)
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imagebm",
         description="Image EBMs of Du & Mordatch (2019) on trajebm's sampler and trainer.",
     )
+    add_threads_option(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(subparsers)

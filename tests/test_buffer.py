@@ -127,3 +127,32 @@ def test_float64_buffer_returns_float64_samples():
     out = buf.sample(20)
     assert out.x.dtype == torch.float64 and out.replayed.all()
     assert all((row == x).all(1).any() for row in out.x)  # bit-exact rows of what was pushed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_buffer_on_the_gpu_draws_what_the_cpu_buffer_draws():
+    cond_shape = dict(cond_shape=(2,), dtype=torch.uint8)
+    x, cond = torch.rand(300, 3), torch.randn(300, 2)
+    cpu = ReplayBuffer(500, (3,), uniform_init(0.0, 1.0, (3,)), seed=1, **cond_shape)
+    gpu = ReplayBuffer(500, (3,), uniform_init(0.0, 1.0, (3,)), seed=1, device="cuda",
+                       **cond_shape)
+    for buf in (cpu, gpu):
+        buf.push(x, cond)
+    for _ in range(2):
+        a, b = cpu.sample(100, cond[:100]), gpu.sample(100, cond[:100].cuda())
+        assert b.x.is_cuda and b.cond.is_cuda and not b.replayed.is_cuda
+        assert torch.equal(a.x, b.x.cpu()) and torch.equal(a.cond, b.cond.cpu())
+        cpu.push(a.x, a.cond)
+        gpu.push(b.x, b.cond)
+    state = gpu.state_dict()
+    assert all(not t.is_cuda for t in state.values() if torch.is_tensor(t))
+    back = ReplayBuffer(500, (3,), uniform_init(0.0, 1.0, (3,)), seed=9, **cond_shape)
+    back.load_state_dict(state)
+    assert torch.equal(back.sample(50).x, cpu.sample(50).x)
+
+
+def test_moving_a_buffer_keeps_its_contents_and_draws():
+    a, b = filled(300), filled(300)
+    b.to("cpu")
+    assert b.device == torch.device("cpu")
+    assert torch.equal(a.sample(400).x, b.sample(400).x)

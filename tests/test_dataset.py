@@ -96,13 +96,15 @@ def test_normalisation_uses_the_training_split_only(tiny):
     ds = TrajectoryDataset(tiny, test_fraction=0.3, seed=2)
     train_states, _ = ds.trajectories("train")
     all_states, _ = ds.trajectories("all")
-    np.testing.assert_allclose(ds.state_stats.mean, train_states.reshape(-1, 31).mean(0))
+    # statistics come from the stored float64 values, trajectories from the float32 cache
+    np.testing.assert_allclose(ds.state_stats.mean, train_states.reshape(-1, 31).mean(0),
+                               rtol=1e-6)
     assert not np.allclose(ds.state_stats.mean, all_states.reshape(-1, 31).mean(0))
     z = ds.windows("train", normalized=True)
     raw = ds.windows("train")
     np.testing.assert_allclose(ds.state_stats.denormalize(z.next_state), raw.next_state)
     zs = ds.trajectories("train", normalized=True)[0].reshape(-1, 31)
-    np.testing.assert_allclose(zs.mean(0), 0, atol=1e-9)
+    np.testing.assert_allclose(zs.mean(0), 0, atol=1e-6)
     assert np.all(ds.state_stats.std > 0)
 
 

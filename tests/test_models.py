@@ -18,7 +18,6 @@ from trajebm.fit import (
     collapse_message,
     fit_model,
     paper_fit_config,
-    training_tensors,
     variant_config,
 )
 from trajebm.models import MODEL_KINDS, ModelConfig, build_model, load_model
@@ -37,12 +36,18 @@ def energy_gap(model, x, cond, seed=0):
         return model(noisy, cond) - model(x, cond)
 
 
+def all_windows(ds, model):
+    """Every training window's (next states, condition) tensors for ``model``."""
+    batches = TrajectoryBatches(ds, 1, model=model)
+    return batches.tensors(batches.starts)
+
+
 def test_ebm_training_prefers_true_transitions(root):
     ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
-    x, cond = training_tensors(ds, conditional=True)
     torch.manual_seed(0)
     fresh = build_model(ModelConfig(kind="ebm", hidden=32, layers=2, state_dim=31,
                                     action_dim=20))
+    x, cond = all_windows(ds, fresh)
     model = trained(root, "ebm", steps=120)
     before, after = energy_gap(fresh, x, cond), energy_gap(model, x, cond)
     assert float((before > 0).float().mean()) < 0.65
@@ -163,29 +168,28 @@ def test_training_options_train_save_and_load(root, tmp_path, spec):
 
 def test_context_noise_perturbs_the_context_only(root):
     ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
-    x, cond = training_tensors(ds, conditional=True)
     model = build_model(ModelConfig(kind="fc", hidden=8, layers=1))
-    clean = TrajectoryBatches(x, cond, 64, seed=1, model=model)
-    noisy = TrajectoryBatches(x, cond, 64, seed=1, model=model, context_noise=0.2)
+    _, cond = all_windows(ds, model)
+    clean = TrajectoryBatches(ds, 64, seed=1, model=model)
+    noisy = TrajectoryBatches(ds, 64, seed=1, model=model, context_noise=0.2)
     (x0, c0), (x1, c1) = next(clean), next(noisy)
     torch.testing.assert_close(x0, x1)
     gap = c1 - c0
     assert gap[:, :4 * 31].std().item() == pytest.approx(0.2, rel=0.1)
     assert torch.equal(gap[:, 4 * 31:], torch.zeros_like(gap[:, 4 * 31:]))
-    assert torch.equal(cond, training_tensors(ds, conditional=True)[1])  # data untouched
+    assert torch.equal(cond, all_windows(ds, model)[1])  # data untouched
 
 
 def test_own_rollout_windows_pair_predicted_contexts_with_true_next_states(root):
     """A zero residual fc predicts 'no change', so each rollout context ends in the last true
     state it saw, and every target is the true state that follows."""
     ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
-    x, cond = training_tensors(ds, conditional=True)
-    states, actions = (torch.from_numpy(a) for a in ds.trajectories("train", normalized=True))
+    states = torch.from_numpy(ds.trajectories("train", normalized=True)[0])
     model = build_model(ModelConfig(kind="fc", hidden=8, layers=1))
     torch.nn.init.zeros_(model.net[-1].weight)
     torch.nn.init.zeros_(model.net[-1].bias)
-    batches = TrajectoryBatches(x, cond, 12, seed=0, model=model, rollout_fraction=1.0,
-                                rollout_horizon=3, trajectories=(states, actions))
+    batches = TrajectoryBatches(ds, 12, seed=0, model=model, rollout_fraction=1.0,
+                                rollout_horizon=3)
     nxt, ctx = next(batches)
     flat = states.reshape(-1, 31)
     for target, row in zip(nxt, ctx, strict=True):
@@ -193,8 +197,8 @@ def test_own_rollout_windows_pair_predicted_contexts_with_true_next_states(root)
         t = int(torch.nonzero((flat == target).all(1))[0])
         assert any(torch.equal(last, flat[t - j]) for j in (2, 3, 4))
     state = batches.state_dict()
-    again = TrajectoryBatches(x, cond, 12, seed=5, model=model, rollout_fraction=1.0,
-                              rollout_horizon=3, trajectories=(states, actions))
+    again = TrajectoryBatches(ds, 12, seed=5, model=model, rollout_fraction=1.0,
+                              rollout_horizon=3)
     again.load_state_dict(state)
     for a, b in zip(next(batches), next(again), strict=True):
         torch.testing.assert_close(a, b)
@@ -222,8 +226,8 @@ def test_score_matching_ebm_learns_a_known_conditional_gaussian():
 
 def test_segment_model_scores_whole_segments(root):
     ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
-    x, cond = training_tensors(ds, conditional=True, segment=3)
-    assert x.shape[1] == 3 * 31 and cond.shape[1] == 4 * 31 + 3 * 20
     model = build_model(ModelConfig(kind="ebm", segment=3, hidden=8, layers=1))
+    x, cond = all_windows(ds, model)
+    assert x.shape[1] == 3 * 31 and cond.shape[1] == 4 * 31 + 3 * 20
     assert model(x[:5], cond[:5]).shape == (5,)
     assert model.propose(cond[:5], steps=2).shape == (5, 3 * 31)

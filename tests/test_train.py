@@ -76,6 +76,49 @@ def test_adam_clip_bounds_gradients():
     assert torch.allclose(p.grad.abs()[:2], (3 * v_hat.sqrt() + 0.1)[:2])
 
 
+def per_parameter_adam_clip(optimizer):
+    """The clip as it was written before the multi-tensor version: the reference."""
+    for group in optimizer.param_groups:
+        beta2 = group["betas"][1]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = optimizer.state.get(p)
+            if not state:
+                p.grad.clamp_(-0.1, 0.1)
+                continue
+            v_hat = state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))
+            bound = 3.0 * v_hat.sqrt() + 0.1
+            p.grad.copy_(torch.minimum(torch.maximum(p.grad, -bound), bound))
+
+
+def test_multi_tensor_adam_clip_equals_the_per_parameter_clip():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.SiLU(), nn.Linear(8, 1), nn.Linear(1, 1))
+    opt = torch.optim.Adam(model.parameters(), betas=(0.0, 0.999))
+    for step in range(4):
+        for i, p in enumerate(model.parameters()):  # one parameter skips steps: own counts
+            p.grad = None if (i == 5 and step % 2) else torch.randn_like(p) * 10 ** (step - 2)
+        grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+        clip_to_adam_bound(opt)
+        for p, g in zip(model.parameters(), grads, strict=True):
+            if g is not None:
+                p_ref = p.grad.clone()
+                p.grad = g
+                per_parameter_adam_clip(opt)
+                assert torch.equal(p.grad, p_ref)
+        opt.step()
+
+
+def test_the_buffer_trains_on_the_device_and_returns_home(tmp_path):
+    trainer = make_trainer(tmp_path, steps=2)
+    assert trainer.buffer.device == trainer.device
+    trainer.fit()
+    assert trainer.buffer.device == torch.device("cpu")
+    assert all(t.device.type == "cpu" for t in trainer.buffer.state_dict().values()
+               if torch.is_tensor(t))
+
+
 def test_training_lowers_data_energy_relative_to_noise(tmp_path):
     trainer = make_trainer(tmp_path, steps=60)
     summary = trainer.fit()

@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from trajebm.engine.console import run_command
+from trajebm.engine.console import add_threads_option, run_command
 
 SUBCOMMAND_MODULES = (
     "trajebm.toy",
@@ -31,11 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trajebm",
         description="Energy-based models trained by Langevin dynamics (trajectories, toys).",
     )
+    add_threads_option(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parser(subparsers)
     return parser
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,7 +53,9 @@ def trajectory_train_config(**overrides: Any) -> TrainConfig:
 @dataclass
 class FitConfig:
     """How to train: the model, the shared trainer's settings, and the trajectory-specific
-    data options. PAPER.md §2 uses batch 1024 and beta1 = 0 (:func:`paper_fit_config`)."""
+    data options. PAPER.md §2 uses batch 1024 and beta1 = 0 (:func:`paper_fit_config`).
+    Validation rolls out ``val_horizon`` steps from at most ``val_trajectories`` held-out
+    trajectories (bounded, so validation costs the same on a dataset of any size)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=trajectory_train_config)
@@ -64,6 +66,7 @@ class FitConfig:
     split_seed: int = 0
     val_fraction: float = 0.05
     val_horizon: int = 48
+    val_trajectories: int = 1000
     context_noise: float = 0.0
     rollout_fraction: float = 0.0
     rollout_horizon: int = 8
@@ -82,8 +85,10 @@ class FitConfig:
                 raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.context_noise < 0:
             raise UsageError(f"context_noise must be >= 0, got {self.context_noise}")
-        if self.val_horizon < 1 or self.rollout_horizon < 1 or self.rollout_every < 1:
-            raise UsageError("val_horizon, rollout_horizon and rollout_every must be >= 1")
+        if min(self.val_horizon, self.val_trajectories, self.rollout_horizon,
+               self.rollout_every) < 1:
+            raise UsageError("val_horizon, val_trajectories, rollout_horizon and rollout_every "
+                             "must be >= 1")
         if self.rollout_start < 0:
             raise UsageError(f"rollout_start must be >= 0, got {self.rollout_start}")
 
@@ -100,66 +105,71 @@ def paper_fit_config(**overrides: Any) -> FitConfig:
                      train=replace(train, betas=(0.0, 0.999)), **overrides)
 
 
-def training_tensors(dataset: TrajectoryDataset, conditional: bool, segment: int = 1,
-                     split: str = "train") -> tuple[Tensor, Tensor]:
-    """(next states or segments, conditions) of every window of ``split``, z-scored, float32.
-
-    Next states are (M, segment * D); conditions (M, k * D [+ segment * A]).
-    """
-    w = dataset.windows(split, normalized=True, horizon=segment)
-    if not len(w.next_state):
-        raise UsageError(f"the dataset's {split} split has no windows of "
-                         f"{dataset.context} + {segment} states")
-    m = len(w.next_state)
-    parts = [torch.from_numpy(w.context.reshape(m, -1))]
-    if conditional:
-        parts.append(torch.from_numpy(w.action.reshape(m, -1)))
-    return torch.from_numpy(w.next_state.reshape(m, -1)).float(), torch.cat(parts, 1).float()
-
-
 class TrajectoryBatches:
-    """Endless shuffled batches ``(next states, condition)`` for trajectory models.
+    """Endless shuffled batches ``(next states, condition)`` gathered lazily from a dataset.
 
-    ``context_noise`` adds N(0, sigma^2) (z units) to the context states of every batch, the
-    targets staying true, so a model learns to pull a perturbed context back (as learned
-    simulators do). With ``rollout_fraction`` > 0 that share of each batch comes from the
-    model's own rollouts (DaD, Venkatraman et al. 2015; the paper's code had it as an option):
-    from step ``rollout_start`` on (an untrained model's rollouts teach nothing), every
-    ``rollout_every`` steps the model rolls out ``rollout_horizon`` steps from random training
-    windows under the true actions, and each predicted context is paired with the true next
-    state. The state (order, pool, generator) is saved, so resume is exact.
+    Only an index of window starts is held; each batch gathers its windows from the dataset's
+    memory-mapped arrays, z-scored, as float32 (M, segment * D) next states and
+    (M, k * D [+ segment * A]) conditions. The order is a permutation per epoch drawn from
+    ``(seed, epoch)``, so the saved state stays a few numbers however large the data, and a
+    resumed run regenerates the same order. ``context_noise`` adds N(0, sigma^2) (z units) to
+    the context states of every batch, the targets staying true, so a model learns to pull a
+    perturbed context back (as learned simulators do). With ``rollout_fraction`` > 0 that
+    share of each batch comes from the model's own rollouts (DaD, Venkatraman et al. 2015; the
+    paper's code had it as an option): from step ``rollout_start`` on (an untrained model's
+    rollouts teach nothing), every ``rollout_every`` steps the model rolls out
+    ``rollout_horizon`` steps from random windows of the split under the true actions, and
+    each predicted context is paired with the true next state.
     """
 
-    def __init__(self, x: Tensor, cond: Tensor, batch_size: int, seed: int = 0, *,
-                 model: TrajectoryModel, context_noise: float = 0.0,
+    def __init__(self, dataset: TrajectoryDataset, batch_size: int, seed: int = 0, *,
+                 model: TrajectoryModel, split: str = "train", context_noise: float = 0.0,
                  rollout_fraction: float = 0.0, rollout_horizon: int = 8,
-                 rollout_every: int = 250, rollout_start: int = 0,
-                 trajectories: tuple[Tensor, Tensor] | None = None) -> None:
-        self.x, self.cond, self.batch_size = x, cond, min(batch_size, len(x))
-        self.model, self.context_noise = model, context_noise
+                 rollout_every: int = 250, rollout_start: int = 0) -> None:
+        self.dataset, self.split, self.model = dataset, split, model
+        self.segment = model.config.segment
+        self.starts = dataset.window_starts(split, self.segment)
+        if not len(self.starts):
+            raise UsageError(f"the dataset's {split} split has no windows of "
+                             f"{dataset.context} + {self.segment} states")
+        self.batch_size = min(batch_size, len(self.starts))
+        self.context_noise = context_noise
         self.rollout_fraction, self.rollout_horizon = rollout_fraction, rollout_horizon
         self.rollout_every, self.rollout_start = rollout_every, rollout_start
-        self.trajectories = trajectories
-        if rollout_fraction > 0 and trajectories is None:
-            raise ValueError("training on own rollouts needs the training trajectories")
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(len(x), generator=self.generator)
-        self.pos, self.step = 0, 0
+        self.epoch, self.pos, self.step = 0, 0, 0
         self.pool: tuple[Tensor, Tensor] | None = None
+        self._order: np.ndarray | None = None
+        self._pool_starts: np.ndarray | None = None
 
     def __iter__(self) -> TrajectoryBatches:
         return self
 
-    def _context_width(self) -> int:
-        return self.model.config.context * self.model.config.state_dim
+    def order(self) -> np.ndarray:
+        """This epoch's permutation of the window index (regenerated from seed and epoch)."""
+        if self._order is None:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._order = rng.permutation(len(self.starts))
+        return self._order
+
+    def tensors(self, starts: np.ndarray) -> tuple[Tensor, Tensor]:
+        """(z-scored next states, conditions) of the windows at ``starts``, float32."""
+        w = self.dataset.gather(starts, self.segment, normalized=True)
+        m = len(starts)
+        parts = [w.context.reshape(m, -1)]
+        if self.model.config.conditional:
+            parts.append(w.action.reshape(m, -1))
+        cond = np.concatenate(parts, 1, dtype=np.float32)
+        return torch.from_numpy(w.next_state.reshape(m, -1).astype(np.float32)), \
+            torch.from_numpy(cond)
 
     def __next__(self) -> tuple[Tensor, Tensor]:
-        if self.pos + self.batch_size > len(self.perm):
-            self.perm = torch.randperm(len(self.x), generator=self.generator)
-            self.pos = 0
-        idx = self.perm[self.pos : self.pos + self.batch_size]
+        if self.pos + self.batch_size > len(self.starts):
+            self.epoch, self.pos, self._order = self.epoch + 1, 0, None
+        idx = self.order()[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
-        x, cond = self.x[idx], self.cond[idx].clone()
+        x, cond = self.tensors(self.starts[idx])
         if self.rollout_fraction > 0 and self.step >= self.rollout_start:
             if (self.step - self.rollout_start) % self.rollout_every == 0:
                 self.pool = self._rollout_pool()
@@ -168,7 +178,7 @@ class TrajectoryBatches:
             x = torch.cat([x[n:], self.pool[0][pick]])
             cond = torch.cat([cond[n:], self.pool[1][pick]])
         if self.context_noise > 0:
-            width = self._context_width()
+            width = self.model.config.context * self.model.config.state_dim
             noise = torch.randn((len(cond), width), generator=self.generator)
             cond[:, :width] += self.context_noise * noise
         self.step += 1
@@ -177,37 +187,41 @@ class TrajectoryBatches:
     @torch.no_grad()
     def _rollout_pool(self) -> tuple[Tensor, Tensor]:
         """(true next states, predicted-context conditions) from short own rollouts."""
-        states, actions = self.trajectories
         cfg = self.model.config
         k, h, seg = cfg.context, self.rollout_horizon, cfg.segment
-        n, steps = states.shape[0], actions.shape[1]
-        if steps < k + h + seg - 1:
-            raise UsageError(f"episodes of {steps} steps are too short to train on rollouts "
-                             f"of {h} steps with k = {k} (and segment {seg})")
-        starts = max(1, self.batch_size // h)
-        ep = torch.randint(n, (starts,), generator=self.generator)
-        t0 = torch.randint(steps - k - h - seg + 2, (starts,), generator=self.generator)
-        window = states[ep[:, None], t0[:, None] + torch.arange(k)]
-        span = torch.arange(h + seg)
-        acts = actions[ep[:, None], (t0 + k - 1)[:, None] + span] if cfg.conditional else None
+        if self._pool_starts is None:
+            self._pool_starts = self.dataset.window_starts(self.split, h + seg)
+        if not len(self._pool_starts):
+            raise UsageError(f"the {self.split} episodes are too short to train on rollouts of "
+                             f"{h} steps with k = {k} (and segment {seg})")
+        n = max(1, self.batch_size // h)
+        pick = torch.randint(len(self._pool_starts), (n,), generator=self.generator).numpy()
+        w = self.dataset.gather(self._pool_starts[pick], h + seg, normalized=True)
+        window = torch.from_numpy(w.context.astype(np.float32))
+        states = torch.from_numpy(w.next_state.astype(np.float32))
+        acts = torch.from_numpy(w.action.astype(np.float32)) if cfg.conditional else None
         pred = rollout_z(self.model, window, acts, h)
         traj = torch.cat([window, pred], 1)
         xs, conds = [], []
         for j in range(1, h + 1):
-            ctx = traj[:, j : j + k]
-            truth = states[ep[:, None], (t0 + k + j)[:, None] + torch.arange(seg)]
             act = acts[:, j : j + seg] if acts is not None else None
-            xs.append(truth.reshape(starts, -1))
-            conds.append(self.model.make_cond(ctx, act))
+            xs.append(states[:, j : j + seg].reshape(n, -1))
+            conds.append(self.model.make_cond(traj[:, j : j + k], act))
         return torch.cat(xs), torch.cat(conds)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos,
-                "step": self.step, "pool": self.pool}
+        """A few numbers, the generator and the rollout pool: constant in the data's size."""
+        return {"seed": self.seed, "epoch": self.epoch, "pos": self.pos, "step": self.step,
+                "windows": len(self.starts), "generator": self.generator.get_state(),
+                "pool": self.pool}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["windows"]) != len(self.starts):
+            raise ValueError(f"the saved data order is over {state['windows']} windows, this "
+                             f"dataset split has {len(self.starts)}")
+        self.seed, self.epoch, self._order = int(state["seed"]), int(state["epoch"]), None
+        self.pos, self.step = int(state["pos"]), int(state["step"])
         self.generator.set_state(state["generator"])
-        self.perm, self.pos, self.step = state["perm"], int(state["pos"]), int(state["step"])
         self.pool = state["pool"]
 
 
@@ -272,22 +286,17 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
             "normalization_floored": [own["state_names"][i] for i in ds.state_stats.floored]}
     seed_everything(cfg.seed)
     model = build_model(mcfg, ds.state_stats.mean, ds.state_stats.std, meta)
-    x, cond = training_tensors(ds, mcfg.conditional, mcfg.segment)
-    trajectories = None
-    if cfg.rollout_fraction > 0:
-        trajectories = tuple(torch.from_numpy(a)
-                             for a in ds.trajectories("train", normalized=True))
     batches = TrajectoryBatches(
-        x, cond, cfg.batch_size, seed=cfg.seed + rank, model=model,
+        ds, cfg.batch_size, seed=cfg.seed + rank, model=model,
         context_noise=cfg.context_noise, rollout_fraction=cfg.rollout_fraction,
         rollout_horizon=cfg.rollout_horizon, rollout_every=cfg.rollout_every,
-        rollout_start=cfg.rollout_start, trajectories=trajectories)
+        rollout_start=cfg.rollout_start)
     contrastive = mcfg.kind == "ebm" and mcfg.objective == "cd"
     tcfg = replace(cfg.train, sampler=mcfg.sampler, adam_clip=contrastive,
                    negatives_cond="buffer" if cfg.replay_prob > 0 else "data")
     validate = None
     if tcfg.validate_every:
-        val_s, val_a = ds.trajectories("val", normalized=True)
+        val_s, val_a = ds.trajectories("val", normalized=True, limit=cfg.val_trajectories)
         if len(val_s) >= 2:
             validate = rollout_validator(model, val_s, val_a, cfg.val_horizon, cfg.seed)
         else:
@@ -296,7 +305,7 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
                           stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        write_run_info(out, cfg, cfg.seed, dataset=meta, train_windows=len(x),
+        write_run_info(out, cfg, cfg.seed, dataset=meta, train_windows=len(batches.starts),
                        device=str(device))
     t0 = time.perf_counter()
     if contrastive:

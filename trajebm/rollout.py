@@ -22,6 +22,7 @@ from trajebm.data.dataset import TrajectoryDataset
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import atomic_write_bytes
+from trajebm.engine.sampling import COMPILE_MODES
 from trajebm.models import ExtraEnergy, TrajectoryModel, load_model, rollout_z
 
 
@@ -81,6 +82,7 @@ def predict_rollouts(
     seed: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    compile: bool | str = False,
 ) -> Any:
     """Predicted trajectories (batch, samples, horizon, state_dim) in original units.
 
@@ -90,7 +92,10 @@ def predict_rollouts(
     variance); ``extra_energy(states (N, D) original units, step) -> (N,)`` is added to the
     EBM's energy, N = batch * samples rows ordered batch-major. Returns a numpy array when
     ``context`` is one, else a CPU tensor. A ``seed`` makes the result reproducible. The
-    model is left on its device and in its train/eval mode.
+    model is left on its device and in its train/eval mode. ``compile`` (True or a
+    ``torch.compile`` mode such as ``"reduce-overhead"`` for CUDA graphs) runs the EBM's
+    Langevin steps compiled: the same chains to float rounding, faster after a compilation of
+    a few seconds (worth it for long rollouts or many calls with one batch size).
     """
     if samples <= 0:
         raise UsageError(f"samples must be positive, got {samples}")
@@ -98,6 +103,9 @@ def predict_rollouts(
         raise UsageError(f"temperature must be positive, got {temperature}")
     if langevin_steps is not None and langevin_steps < 0:
         raise UsageError(f"langevin_steps must be >= 0, got {langevin_steps}")
+    if not isinstance(compile, bool) and compile not in COMPILE_MODES:
+        raise UsageError(f"compile must be true, false or one of {', '.join(COMPILE_MODES)}, "
+                         f"not {compile!r}")
     if extra_energy is not None and model.kind != "ebm":
         raise UsageError(f"extra_energy steers EBM sampling; the {model.kind} model has no energy")
     home, was_training = model.state_mean.device, model.training
@@ -126,7 +134,7 @@ def predict_rollouts(
                 members = torch.randint(model.config.members, (len(window),), device=device)
             pred = rollout_z(model, window, act, horizon, steps=langevin_steps,
                              temperature=temperature, extra=extra, members=members,
-                             progress=bar.update)
+                             progress=bar.update, compile=compile)
             pred = model.denormalize(pred).reshape(b, samples, horizon, -1).cpu()
     finally:
         model.to(home).train(was_training)
@@ -179,7 +187,8 @@ def check_layout(model: TrajectoryModel, state_names: Sequence[str], where: str 
 
 def rollout_dataset(model_path: str, data: str, out: str, horizon: int = 96, samples: int = 16,
                     episodes: int = 8, split: str = "test", langevin_steps: int | None = None,
-                    temperature: float = 1.0, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+                    temperature: float = 1.0, seed: int = 0, device: str = "cpu",
+                    compile: bool | str = False) -> dict[str, Any]:
     """Predict rollouts from the first k states of ``episodes`` episodes of ``split`` (the
     split the model was trained on) and save an .npz."""
     model = load_model(model_path, device)
@@ -195,7 +204,8 @@ def rollout_dataset(model_path: str, data: str, out: str, horizon: int = 96, sam
     horizon = min(horizon, states.shape[1] - k)
     acts = actions[:, k - 1 : k - 1 + horizon] if model.config.conditional else None
     pred = predict_rollouts(model, states[:, :k], acts, horizon, samples, langevin_steps,
-                            temperature, seed=seed, device=device, progress=True)
+                            temperature, seed=seed, device=device, progress=True,
+                            compile=compile)
     record = {"predicted": pred, "context": states[:, :k], "truth": states[:, k : k + horizon],
               "actions": np.zeros((0,)) if acts is None else acts,
               "model_kind": np.array(model.kind), "model_path": np.array(str(model_path)),
@@ -212,7 +222,7 @@ def rollout_dataset(model_path: str, data: str, out: str, horizon: int = 96, sam
 def run_rollout(args: argparse.Namespace) -> int:
     info = rollout_dataset(args.model, args.data, args.out, args.horizon, args.samples,
                            args.episodes, args.split, args.langevin_steps, args.temperature,
-                           args.seed, args.device)
+                           args.seed, args.device, args.compile)
     print(f"wrote predictions {tuple(info['shape'])} to {info['out']}")
     return 0
 
@@ -231,4 +241,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="compile the EBM's Langevin steps (torch.compile; optional MODE, e.g. "
+                        "reduce-overhead for CUDA graphs on a GPU)")
     p.set_defaults(func=run_rollout)

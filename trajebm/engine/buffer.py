@@ -40,6 +40,12 @@ class ReplayBuffer:
     a batch; the rest come from ``init``. All randomness uses the buffer's own generator, saved
     in its state (the Trainer reseeds it with ``config.seed + rank``, so ranks differ). Float
     storage returns samples in its own dtype; uint8 storage returns float32.
+
+    ``device`` (or :meth:`to`; the Trainer moves it to the training device) is where samples
+    and conditions are stored and returned, so a GPU run has no host round trip per step. The
+    random choices still come from the CPU generator (small index and mask tensors go to the
+    device), so a buffer draws the same samples on every device, and its :meth:`state_dict`
+    holds CPU tensors that load into a buffer on any device.
     """
 
     def __init__(
@@ -53,6 +59,7 @@ class ReplayBuffer:
         dtype: torch.dtype = torch.float32,
         replay_prob: float = 0.95,
         seed: int = 0,
+        device: str | torch.device = "cpu",
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
@@ -62,10 +69,10 @@ class ReplayBuffer:
             raise ValueError(f"dtype must be float32, float64 or uint8, got {dtype}")
         self.capacity, self.init, self.replay_prob = capacity, init, replay_prob
         self.sample_shape = tuple(sample_shape)
-        self.data = torch.zeros((capacity, *self.sample_shape), dtype=dtype)
-        self.cond = (
-            None if cond_shape is None else torch.zeros((capacity, *cond_shape), dtype=cond_dtype)
-        )
+        self.device = torch.device(device)
+        self.data = torch.zeros((capacity, *self.sample_shape), dtype=dtype, device=self.device)
+        self.cond = None if cond_shape is None else torch.zeros(
+            (capacity, *cond_shape), dtype=cond_dtype, device=self.device)
         self.size = 0
         self.pos = 0
         self.generator = torch.Generator().manual_seed(seed)
@@ -73,10 +80,19 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
+    def to(self, device: str | torch.device) -> ReplayBuffer:
+        """Move the stored samples and conditions to ``device`` (in place); returns self."""
+        self.device = torch.device(device)
+        self.data = self.data.to(self.device)
+        if self.cond is not None:
+            self.cond = self.cond.to(self.device)
+        return self
+
     def _encode(self, x: Tensor) -> Tensor:
+        x = x.detach().to(self.device)
         if self.data.dtype == torch.uint8:
-            return (x.detach() * 256).floor().clamp(0, 255).to(torch.uint8).cpu()
-        return x.detach().to(device="cpu", dtype=self.data.dtype)
+            return (x * 256).floor().clamp(0, 255).to(torch.uint8)
+        return x.to(self.data.dtype)
 
     @property
     def sample_dtype(self) -> torch.dtype:
@@ -85,7 +101,7 @@ class ReplayBuffer:
 
     def _decode(self, stored: Tensor) -> Tensor:
         if self.data.dtype == torch.uint8:
-            u = torch.rand(stored.shape, generator=self.generator)
+            u = torch.rand(stored.shape, generator=self.generator).to(stored.device)
             return (stored.float() + u) / 256.0
         return stored.clone()
 
@@ -100,33 +116,38 @@ class ReplayBuffer:
             self._check_cond(cond, len(x))
         x = x[-self.capacity:]
         n = x.shape[0]
-        idx = (self.pos + torch.arange(n)) % self.capacity
+        idx = (self.pos + torch.arange(n, device=self.device)) % self.capacity
         self.data[idx] = self._encode(x)
         if self.cond is not None:
-            self.cond[idx] = cond[-self.capacity:].detach().to("cpu", self.cond.dtype)
+            self.cond[idx] = cond[-self.capacity:].detach().to(self.device, self.cond.dtype)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, n: int, cond: Tensor | None = None) -> BufferSample:
-        """``n`` chain starts: replayed rows carry their stored condition, fresh rows ``cond``'s."""
-        fresh = self.init(n, cond.cpu() if cond is not None else None, self.generator)
-        fresh = fresh.to(self.sample_dtype)
-        out_cond = None if cond is None else cond.detach().cpu().clone()
+        """``n`` chain starts on the buffer's device: replayed rows carry their stored condition,
+        fresh rows ``cond``'s. ``replayed`` (which rows came from the buffer) stays on the CPU."""
+        cond = None if cond is None else cond.detach().to(self.device)
+        fresh = self.init(n, cond, self.generator)
+        fresh = fresh.to(self.device, self.sample_dtype)
+        out_cond = None if cond is None else cond.clone()
         if self.size <= n or self.replay_prob == 0.0:
             return BufferSample(fresh, out_cond, torch.zeros(n, dtype=torch.bool))
         replayed = torch.rand(n, generator=self.generator) < self.replay_prob
         idx = torch.randint(self.size, (int(replayed.sum()),), generator=self.generator)
-        fresh[replayed] = self._decode(self.data[idx])
+        rows, idx = replayed.to(self.device), idx.to(self.device)
+        fresh[rows] = self._decode(self.data[idx])
         if self.cond is not None:
             if out_cond is None:
-                out_cond = torch.zeros((n, *self.cond.shape[1:]), dtype=self.cond.dtype)
-            out_cond[replayed] = self.cond[idx]
+                out_cond = torch.zeros((n, *self.cond.shape[1:]), dtype=self.cond.dtype,
+                                       device=self.device)
+            out_cond[rows] = self.cond[idx]
         return BufferSample(fresh, out_cond, replayed)
 
     def state_dict(self) -> dict[str, Any]:
+        """The buffer's contents and generator as CPU tensors (loadable on any device)."""
         return {
-            "data": self.data[: self.size].clone(),
-            "cond": None if self.cond is None else self.cond[: self.size].clone(),
+            "data": self.data[: self.size].cpu().clone(),
+            "cond": None if self.cond is None else self.cond[: self.size].cpu().clone(),
             "size": self.size,
             "pos": self.pos,
             "capacity": self.capacity,

@@ -1,0 +1,210 @@
+"""The consolidated read cache: every episode of a dataset in two flat float32 arrays.
+
+Reading 200,000 HDF5 episode groups takes a Python loop over the file; training then needs
+random windows from all of them. So the first reader writes, beside the dataset (``DIR/
+.trajebm-cache/``, outside ``DIR/data`` so minari reads the dataset unchanged), the states of
+all episodes one after another as one (sum of T_i + 1, D) float32 array, the actions as one
+(sum of T_i, A) array, the episode offsets, and each episode's mean and centred sum of squares
+(float64, from the stored values) so any split's z-score statistics are exact without a pass
+over the data. Later readers memory-map the arrays: nothing is loaded until a window is
+gathered, and the ranks of one machine share the pages. The cache is keyed on the dataset's
+file (size, mtime, inode) and metadata bytes and rebuilt when either changes; builds are
+serialised by a file lock and land by an atomic rename. Where the folder is read-only the
+arrays are built in memory instead (with a warning).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from trajebm.data import storage
+from trajebm.engine.errors import UsageError
+
+CACHE_DIR = ".trajebm-cache"
+CACHE_VERSION = 1
+_ARRAYS = ("states", "actions", "state_start", "state_mean", "state_m2", "action_mean",
+           "action_m2")
+
+
+@dataclass(frozen=True)
+class EpisodeArrays:
+    """All episodes as flat arrays: episode i's states are ``states[state_start[i]:
+    state_start[i + 1]]`` and its actions ``actions[action_start[i]:action_start[i + 1]]``.
+
+    ``*_mean`` and ``*_m2`` are per-episode means and centred sums of squares (float64), the
+    moments :meth:`moments` combines for any set of episodes.
+    """
+
+    states: np.ndarray
+    actions: np.ndarray
+    state_start: np.ndarray
+    state_mean: np.ndarray
+    state_m2: np.ndarray
+    action_mean: np.ndarray
+    action_m2: np.ndarray
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.state_start) - 1
+
+    @property
+    def action_start(self) -> np.ndarray:
+        """Episode i has one action fewer than states, so its actions start i rows earlier."""
+        return self.state_start - np.arange(len(self.state_start))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Steps T_i (actions) of every episode."""
+        return np.diff(self.state_start) - 1
+
+    def moments(self, ids: np.ndarray, kind: str = "state") -> tuple[int, np.ndarray, np.ndarray]:
+        """(count, mean, centred sum of squares) of the rows of episodes ``ids`` (Chan et al.)."""
+        mean_i, m2_i = getattr(self, f"{kind}_mean")[ids], getattr(self, f"{kind}_m2")[ids]
+        n_i = self.lengths[ids] + (1 if kind == "state" else 0)
+        count = int(n_i.sum())
+        mean = (n_i[:, None] * mean_i).sum(0) / count
+        m2 = m2_i.sum(0) + (n_i[:, None] * (mean_i - mean) ** 2).sum(0)
+        return count, mean, m2
+
+
+def _key(data_dir: Path) -> dict[str, Any]:
+    """What identifies the dataset's content: the data file's stat and the metadata's bytes."""
+    stat = (data_dir / storage.MAIN_FILE).stat()
+    meta = (data_dir / storage.METADATA_FILE).read_bytes()
+    return {"version": CACHE_VERSION, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "inode": stat.st_ino, "metadata_sha256": hashlib.sha256(meta).hexdigest()}
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(0)
+    return mean, ((x - mean) ** 2).sum(0)
+
+
+def _shapes(root: Path, file: h5py.File, metadata: dict[str, Any]) -> np.ndarray:
+    """Episode lengths T_i, after checking every episode is there with the expected shapes."""
+    dim, action_dim = metadata["trajebm"]["state_dim"], metadata["trajebm"]["action_dim"]
+    lengths = np.empty(metadata["total_episodes"], dtype=np.int64)
+    for i in range(len(lengths)):
+        group = file.get(f"episode_{i}")
+        if group is None:
+            raise UsageError(f"{root}: episode_{i} is missing from {storage.MAIN_FILE}")
+        obs, act = group["observations"].shape, group["actions"].shape
+        if len(obs) != 2 or obs[1] != dim or act != (obs[0] - 1, action_dim):
+            raise UsageError(f"{root}: episode_{i} has observations {obs} and actions {act}; "
+                             f"expected (T+1, {dim}) and (T, {action_dim})")
+        lengths[i] = act[0]
+    return lengths
+
+
+def _fill(root: Path, metadata: dict[str, Any], make: Any, progress: bool) -> dict[str, Any]:
+    """Read every episode once into arrays from ``make(name, shape, dtype)``; check finiteness."""
+    data_dir, _ = storage.read_metadata(root)
+    dim, action_dim = metadata["trajebm"]["state_dim"], metadata["trajebm"]["action_dim"]
+    try:
+        with h5py.File(data_dir / storage.MAIN_FILE, "r") as file:
+            lengths = _shapes(root, file, metadata)
+            n = len(lengths)
+            start = np.concatenate([[0], np.cumsum(lengths + 1)]).astype(np.int64)
+            out = {"states": make("states", (int(start[-1]), dim), np.float32),
+                   "actions": make("actions", (int(lengths.sum()), action_dim), np.float32),
+                   "state_start": start}
+            for kind, d in (("state", dim), ("action", action_dim)):
+                out[f"{kind}_mean"] = np.zeros((n, d))
+                out[f"{kind}_m2"] = np.zeros((n, d))
+            a_start = start - np.arange(n + 1)
+            for i in tqdm(range(n), desc="cache episodes", unit="ep", disable=not progress,
+                          mininterval=2.0):
+                group = file[f"episode_{i}"]
+                obs, act = group["observations"][()], group["actions"][()]
+                if not (np.isfinite(obs).all() and np.isfinite(act).all()):
+                    raise UsageError(f"{root}: episode_{i} contains NaN or inf values")
+                out["states"][start[i] : start[i + 1]] = obs
+                out["actions"][a_start[i] : a_start[i + 1]] = act
+                out["state_mean"][i], out["state_m2"][i] = _moments(obs.astype(np.float64))
+                out["action_mean"][i], out["action_m2"][i] = _moments(act.astype(np.float64))
+    except (OSError, KeyError) as err:
+        raise UsageError(f"{root}: cannot read {storage.MAIN_FILE}: {err}") from None
+    return out
+
+
+def _build(root: Path, metadata: dict[str, Any], folder: Path, key: dict[str, Any],
+           progress: bool) -> None:
+    """Write the cache into ``folder`` via a temporary sibling folder and a rename."""
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".build-"))
+    try:
+        def make(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+            return np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", dtype, shape)
+
+        arrays = _fill(root, metadata, make, progress)
+        for name in _ARRAYS:
+            value = arrays[name]
+            if isinstance(value, np.memmap):
+                value.flush()
+            else:
+                np.save(tmp / f"{name}.npy", value)
+        (tmp / "key.json").write_text(json.dumps(key))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open(folder: Path) -> EpisodeArrays:
+    return EpisodeArrays(**{name: np.load(folder / f"{name}.npy", mmap_mode="r")
+                            for name in _ARRAYS})
+
+
+def _current(folder: Path, key: dict[str, Any]) -> bool:
+    try:
+        return json.loads((folder / "key.json").read_text()) == key
+    except (OSError, ValueError):
+        return False
+
+
+def episode_arrays(root: str | os.PathLike, progress: bool = True
+                   ) -> tuple[dict[str, Any], EpisodeArrays]:
+    """Metadata and :class:`EpisodeArrays` of the dataset at ``root`` (DIR or DIR/data).
+
+    Memory-mapped from the cache beside the dataset, built first if missing or stale.
+    """
+    data_dir, metadata = storage.read_metadata(root)
+    key = _key(data_dir)
+    cache = data_dir.parent / CACHE_DIR
+    folder = cache / "current"
+    try:
+        cache.mkdir(exist_ok=True)
+        lock = open(cache / "lock", "a")
+    except OSError as err:
+        return metadata, _in_memory(root, metadata, progress,
+                                    f"cannot write in {cache}: {err.strerror}")
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _current(folder, key):
+            return metadata, _open(folder)
+        need = 4 * metadata["total_steps"] * (metadata["trajebm"]["state_dim"] + 1
+                                                + metadata["trajebm"]["action_dim"])
+        if shutil.disk_usage(cache).free < 1.1 * need:
+            return metadata, _in_memory(root, metadata, progress,
+                                        f"{cache} has not the {need / 1e9:.1f} GB free")
+        _build(Path(root), metadata, folder, key, progress)
+        return metadata, _open(folder)
+
+
+def _in_memory(root: str | os.PathLike, metadata: dict[str, Any], progress: bool,
+               why: str) -> EpisodeArrays:
+    warnings.warn(f"no read cache ({why}); reading the dataset into memory", stacklevel=3)
+    arrays = _fill(Path(root), metadata, lambda _, shape, dtype: np.empty(shape, dtype), progress)
+    return EpisodeArrays(**{name: arrays[name] for name in _ARRAYS})

@@ -48,8 +48,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (1: small batches gain nothing from more)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch intra-op threads (default: as many as the simulator's workers)")
     p.add_argument("--sim-horizon", type=int, default=None,
                    help="simulate this many steps for the reference rate (default: --horizon)")
     p.add_argument("--sim-rate", type=float, default=None,

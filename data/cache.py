@@ -93,50 +93,59 @@ def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, ((x - mean) ** 2).sum(0)
 
 
-def _shapes(root: Path, file: h5py.File, metadata: dict[str, Any]) -> np.ndarray:
-    """Episode lengths T_i, after checking every episode is there with the expected shapes."""
-    dim, action_dim = metadata["trajebm"]["state_dim"], metadata["trajebm"]["action_dim"]
-    lengths = np.empty(metadata["total_episodes"], dtype=np.int64)
-    for i in range(len(lengths)):
-        group = file.get(f"episode_{i}")
-        if group is None:
-            raise UsageError(f"{root}: episode_{i} is missing from {storage.MAIN_FILE}")
-        obs, act = group["observations"].shape, group["actions"].shape
-        if len(obs) != 2 or obs[1] != dim or act != (obs[0] - 1, action_dim):
-            raise UsageError(f"{root}: episode_{i} has observations {obs} and actions {act}; "
-                             f"expected (T+1, {dim}) and (T, {action_dim})")
-        lengths[i] = act[0]
-    return lengths
+def _read(fid: h5py.h5f.FileID, path: str) -> np.ndarray:
+    """One dataset of the file, through h5py's low-level API (3x faster per small dataset)."""
+    dset = h5py.h5d.open(fid, path.encode())
+    out = np.empty(dset.shape, dset.dtype)
+    dset.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
+    return out
 
 
 def _fill(root: Path, metadata: dict[str, Any], make: Any, progress: bool) -> dict[str, Any]:
-    """Read every episode once into arrays from ``make(name, shape, dtype)``; check finiteness."""
+    """Read every episode once into arrays from ``make(name, shape, dtype)``, sized by the
+    metadata's totals; check each episode's shapes and values on the way."""
     data_dir, _ = storage.read_metadata(root)
-    dim, action_dim = metadata["trajebm"]["state_dim"], metadata["trajebm"]["action_dim"]
+    own = metadata["trajebm"]
+    dim, action_dim = own["state_dim"], own["action_dim"]
+    n, steps = int(metadata["total_episodes"]), int(metadata["total_steps"])
+    out = {"states": make("states", (steps + n, dim), np.float32),
+           "actions": make("actions", (steps, action_dim), np.float32),
+           "state_start": np.zeros(n + 1, dtype=np.int64)}
+    for kind, d in (("state", dim), ("action", action_dim)):
+        out[f"{kind}_mean"] = np.zeros((n, d))
+        out[f"{kind}_m2"] = np.zeros((n, d))
+    start = out["state_start"]
     try:
         with h5py.File(data_dir / storage.MAIN_FILE, "r") as file:
-            lengths = _shapes(root, file, metadata)
-            n = len(lengths)
-            start = np.concatenate([[0], np.cumsum(lengths + 1)]).astype(np.int64)
-            out = {"states": make("states", (int(start[-1]), dim), np.float32),
-                   "actions": make("actions", (int(lengths.sum()), action_dim), np.float32),
-                   "state_start": start}
-            for kind, d in (("state", dim), ("action", action_dim)):
-                out[f"{kind}_mean"] = np.zeros((n, d))
-                out[f"{kind}_m2"] = np.zeros((n, d))
-            a_start = start - np.arange(n + 1)
-            for i in tqdm(range(n), desc="cache episodes", unit="ep", disable=not progress,
-                          mininterval=2.0):
-                group = file[f"episode_{i}"]
-                obs, act = group["observations"][()], group["actions"][()]
+            bar = tqdm(range(n), desc="cache episodes", unit="ep", mininterval=2.0,
+                       disable=None if progress else True)  # None: no bar in a log file
+            for i in bar:
+                try:
+                    obs = _read(file.id, f"episode_{i}/observations")
+                    act = _read(file.id, f"episode_{i}/actions")
+                except KeyError:
+                    raise UsageError(f"{root}: episode_{i} is missing from "
+                                     f"{storage.MAIN_FILE}") from None
+                if obs.ndim != 2 or obs.shape[1] != dim or act.shape != (len(obs) - 1,
+                                                                          action_dim):
+                    raise UsageError(f"{root}: episode_{i} has observations {obs.shape} and "
+                                     f"actions {act.shape}; expected (T+1, {dim}) and "
+                                     f"(T, {action_dim})")
                 if not (np.isfinite(obs).all() and np.isfinite(act).all()):
                     raise UsageError(f"{root}: episode_{i} contains NaN or inf values")
+                start[i + 1] = start[i] + len(obs)
+                if start[i + 1] > steps + n:
+                    raise UsageError(f"{root}: episodes 0-{i} already hold more than the "
+                                     f"metadata's total_steps = {steps}")
                 out["states"][start[i] : start[i + 1]] = obs
-                out["actions"][a_start[i] : a_start[i + 1]] = act
+                out["actions"][start[i] - i : start[i + 1] - i - 1] = act
                 out["state_mean"][i], out["state_m2"][i] = _moments(obs.astype(np.float64))
                 out["action_mean"][i], out["action_m2"][i] = _moments(act.astype(np.float64))
-    except (OSError, KeyError) as err:
+    except OSError as err:
         raise UsageError(f"{root}: cannot read {storage.MAIN_FILE}: {err}") from None
+    if start[-1] != steps + n:
+        raise UsageError(f"{root}: the episodes hold {int(start[-1]) - n} steps in all but the "
+                         f"metadata says total_steps = {steps}")
     return out
 
 

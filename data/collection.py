@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -79,6 +80,11 @@ def check_config(cfg: CollectConfig) -> None:
     if cfg.env_id not in ENV_IDS:
         raise UsageError(f"unknown env {cfg.env_id!r}; choose from {', '.join(sorted(ENV_IDS))}")
     check_policy(cfg.policy)
+    if cfg.policy.closed_loop and importlib.util.find_spec("mujoco.batch") is None:
+        import mujoco
+
+        raise UsageError(f"closed-loop policies need mujoco >= 4.0 (mujoco.batch); this is "
+                         f"mujoco {mujoco.__version__}")
     for name in ("episodes", "length", "chunk_episodes"):
         if getattr(cfg, name) <= 0:
             raise UsageError(f"{name} must be positive, got {getattr(cfg, name)}")

@@ -351,6 +351,8 @@ class ImageEBM(nn.Module):
             raise UsageError(f"labels must be integer class ids of shape ({batch},) or float "
                              f"codes of shape ({batch}, {k}); got {labels.dtype} of shape "
                              f"{tuple(labels.shape)}")
+        if torch.compiler.is_compiling():  # a data-dependent check would split the compiled
+            return labels.long()            # graph; the eager forward passes still check
         checked, version = self._checked_labels
         if labels is not checked or labels._version != version:  # chains reuse one tensor
             if bool(((labels < 0) | (labels >= k)).any()):

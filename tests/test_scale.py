@@ -136,6 +136,18 @@ def test_minari_still_reads_a_dataset_with_a_cache_beside_it(tmp_path_factory):
     assert minari.MinariDataset(tiny / "data").total_episodes == 10
 
 
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_metadata_totals_that_disagree_with_the_episodes_are_refused(tmp_path, delta):
+    data = write_synthetic_dataset(tmp_path / "d", 4, 10, progress=False)
+    meta_path = data / "data" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["total_steps"] += delta
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(UsageError, match="total_steps"):
+        TrajectoryDataset(data, progress=False)
+    assert not list((data / cache.CACHE_DIR).glob("*/states.npy"))  # nothing half-made kept
+
+
 def test_a_synthetic_dataset_refuses_to_overwrite(tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(UsageError, match="already exists"):

@@ -3,29 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from typing import Any
 
-
-def passive_openmp() -> bool:
-    """Make idle OpenMP threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``).
-
-    OpenMP reads the policy once, when torch loads, so this runs on ``import trajebm`` and
-    only acts before torch is imported and when the user has not set the variable (set
-    ``OMP_WAIT_POLICY=ACTIVE`` to keep spinning). Spinning threads of two processes sharing
-    the cores slow small models 10-50x (:mod:`trajebm.engine.threads`). Returns whether it set
-    the variable.
-    """
-    if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
-        return False
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return True
-
-
-passive_openmp()
-
-from trajebm.engine.errors import UsageError  # noqa: E402 - after the OpenMP policy is set
+from trajebm.engine.errors import UsageError
 
 __version__ = "0.1.0"
 

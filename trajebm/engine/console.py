@@ -3,8 +3,8 @@
 Both console scripts (``trajebm``, ``imagebm``) build their parser from subcommand modules and
 hand it here, so every bad input ends in one ``PROG: error: ...`` line, never a traceback.
 Here, too, every command gets a thread count that does not oversubscribe the cores
-(:func:`trajebm.engine.threads.configure_threads`), from ``--threads`` when the parser has it
-(:func:`add_threads_option`).
+(:func:`trajebm.engine.threads.configure_threads`: one per process unless ``--threads``, see
+:func:`add_threads_option`, or the environment says otherwise).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from trajebm.engine.threads import THREADS_ENV, configure_threads
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """Give a console script's top-level parser ``--threads N``."""
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help=f"torch CPU threads (default: ${THREADS_ENV}, else $OMP_NUM_THREADS, "
-                             f"else cores / processes on this machine)")
+                        help=f"torch CPU threads per process (default: ${THREADS_ENV}, else "
+                             f"$OMP_NUM_THREADS, else 1, which never oversubscribes the cores)")
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

@@ -1,15 +1,18 @@
-"""CPU thread counts that do not oversubscribe the machine.
+"""CPU thread counts that do not oversubscribe the machine: one torch thread per process.
 
-Small models run many tiny kernels; when two processes share the cores and each runs as many
-OpenMP threads as there are cores, the threads spin-wait for each other and every step can
-take 10-50x longer. Two defaults prevent that: OpenMP threads sleep when idle
-(``OMP_WAIT_POLICY=PASSIVE``, set by ``import trajebm`` before torch loads, see
-:func:`trajebm.passive_openmp`), and the command lines run ``cores / local processes``
-threads (one per core under ``torchrun``'s ``LOCAL_WORLD_SIZE``).
+Small models run many tiny kernels. When two processes share the cores and each runs as many
+OpenMP threads as there are cores, the threads spin-wait for each other and every step takes
+10-100x longer (``benchmarks/bench_threads.py``: the trajectory EBM's chains fell from 2,183
+to 21 Langevin steps/s each). Passive waits (``OMP_WAIT_POLICY=PASSIVE``) avoid the collapse
+but make a second thread cost more than it gives for these models (703 steps/s alone). One
+thread per process is within 10-25% of the best alone and does not slow down when another job
+shares the cores, so it is the command lines' default; under ``torchrun`` every rank is a
+process of its own, so one thread each fills the cores.
 
-Overrides: ``--threads N`` before the subcommand (``trajebm --threads 1 train ...``), or the
+Large convolutional nets (the CIFAR-10 ResNets) do gain from more threads on a machine of
+your own (1.8x with two): ``trajebm --threads N ...`` / ``imagebm --threads N ...``, or the
 environment variables ``TRAJEBM_THREADS`` (ours) or ``OMP_NUM_THREADS`` (honoured as torch
-does), and ``OMP_WAIT_POLICY=ACTIVE`` to keep spinning threads on a machine of your own.
+does); add ``OMP_WAIT_POLICY=PASSIVE`` when the machine is shared.
 """
 
 from __future__ import annotations
@@ -21,32 +24,15 @@ import torch
 THREADS_ENV = "TRAJEBM_THREADS"
 """Environment variable naming the torch thread count of the command lines."""
 
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-def local_processes() -> int:
-    """Processes sharing this machine's cores in one job: ``torchrun``'s LOCAL_WORLD_SIZE."""
-    try:
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
-
-
-def default_threads() -> int:
-    """Intra-op threads that fill the cores without oversubscribing: cores / local processes."""
-    return max(1, available_cores() // local_processes())
+DEFAULT_THREADS = 1
+"""The command lines' torch intra-op threads per process (module docstring)."""
 
 
 def configure_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads and return the count.
 
     ``threads`` wins; else ``$TRAJEBM_THREADS``; else a user's ``$OMP_NUM_THREADS`` is left
-    as torch applied it; else :func:`default_threads`. ValueError for a count below 1.
+    as torch applied it; else :data:`DEFAULT_THREADS`. ValueError for a count below 1.
     """
     if threads is None and os.environ.get(THREADS_ENV):
         try:
@@ -57,7 +43,7 @@ def configure_threads(threads: int | None = None) -> int:
     if threads is None:
         if os.environ.get("OMP_NUM_THREADS"):
             return torch.get_num_threads()
-        threads = default_threads()
+        threads = DEFAULT_THREADS
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     if torch.get_num_threads() != threads:

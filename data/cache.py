@@ -8,9 +8,12 @@ all episodes one after another as one (sum of T_i + 1, D) float32 array, the act
 (float64, from the stored values) so any split's z-score statistics are exact without a pass
 over the data. Later readers memory-map the arrays: nothing is loaded until a window is
 gathered, and the ranks of one machine share the pages. The cache is keyed on the dataset's
-file (size, mtime, inode) and metadata bytes and rebuilt when either changes; builds are
-serialised by a file lock and land by an atomic rename. Where the folder is read-only the
-arrays are built in memory instead (with a warning).
+file (size, mtime, inode) and metadata bytes and rebuilt when either changes; builds happen
+under a file lock (readers check the key under it too), in a temporary folder renamed into
+place. A current cache in a read-only folder is used as it is; without one (or without the
+disk space) the arrays are read into memory instead, with a warning. A rebuild removes files
+that processes on other machines may still have mapped: on a shared file system, do not
+change a dataset while it is being trained on.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,8 @@ from trajebm.engine.errors import UsageError
 
 CACHE_DIR = ".trajebm-cache"
 CACHE_VERSION = 1
+MakeArray = Callable[[str, tuple[int, ...], Any], np.ndarray]
+"""``make(name, shape, dtype)``: the array an episode field is read into (memmap or memory)."""
 _ARRAYS = ("states", "actions", "state_start", "state_mean", "state_m2", "action_mean",
            "action_m2")
 
@@ -58,6 +64,7 @@ class EpisodeArrays:
 
     @property
     def num_episodes(self) -> int:
+        """Episodes in the dataset."""
         return len(self.state_start) - 1
 
     @property
@@ -101,10 +108,10 @@ def _read(fid: h5py.h5f.FileID, path: str) -> np.ndarray:
     return out
 
 
-def _fill(root: Path, metadata: dict[str, Any], make: Any, progress: bool) -> dict[str, Any]:
+def _fill(root: Path, data_dir: Path, metadata: dict[str, Any], make: MakeArray,
+          progress: bool) -> dict[str, Any]:
     """Read every episode once into arrays from ``make(name, shape, dtype)``, sized by the
     metadata's totals; check each episode's shapes and values on the way."""
-    data_dir, _ = storage.read_metadata(root)
     own = metadata["trajebm"]
     dim, action_dim = own["state_dim"], own["action_dim"]
     n, steps = int(metadata["total_episodes"]), int(metadata["total_steps"])
@@ -134,7 +141,7 @@ def _fill(root: Path, metadata: dict[str, Any], make: Any, progress: bool) -> di
                 if not (np.isfinite(obs).all() and np.isfinite(act).all()):
                     raise UsageError(f"{root}: episode_{i} contains NaN or inf values")
                 start[i + 1] = start[i] + len(obs)
-                if start[i + 1] > steps + n:
+                if start[i + 1] - (i + 1) > steps:
                     raise UsageError(f"{root}: episodes 0-{i} already hold more than the "
                                      f"metadata's total_steps = {steps}")
                 out["states"][start[i] : start[i + 1]] = obs
@@ -149,15 +156,18 @@ def _fill(root: Path, metadata: dict[str, Any], make: Any, progress: bool) -> di
     return out
 
 
-def _build(root: Path, metadata: dict[str, Any], folder: Path, key: dict[str, Any],
-           progress: bool) -> None:
-    """Write the cache into ``folder`` via a temporary sibling folder and a rename."""
+def _build(root: Path, data_dir: Path, metadata: dict[str, Any], folder: Path,
+           key: dict[str, Any], progress: bool) -> None:
+    """Write the cache into ``folder`` via a temporary sibling folder and a rename (under the
+    lock, so no reader is between the removal of a stale cache and the rename)."""
+    for stale in folder.parent.glob(".build-*"):  # left by a build that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".build-"))
     try:
         def make(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
             return np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", dtype, shape)
 
-        arrays = _fill(root, metadata, make, progress)
+        arrays = _fill(root, data_dir, metadata, make, progress)
         for name in _ARRAYS:
             value = arrays[name]
             if isinstance(value, np.memmap):
@@ -183,11 +193,19 @@ def _current(folder: Path, key: dict[str, Any]) -> bool:
         return False
 
 
+def cache_bytes(metadata: dict[str, Any]) -> int:
+    """The size of the cache of a dataset: float32 states and actions, float64 moments."""
+    n, steps = metadata["total_episodes"], metadata["total_steps"]
+    dim, action_dim = metadata["trajebm"]["state_dim"], metadata["trajebm"]["action_dim"]
+    return 4 * ((steps + n) * dim + steps * action_dim) + 16 * n * (dim + action_dim) + 8 * n
+
+
 def episode_arrays(root: str | os.PathLike, progress: bool = True
                    ) -> tuple[dict[str, Any], EpisodeArrays]:
     """Metadata and :class:`EpisodeArrays` of the dataset at ``root`` (DIR or DIR/data).
 
-    Memory-mapped from the cache beside the dataset, built first if missing or stale.
+    Memory-mapped from the cache beside the dataset, built first if missing or stale. A
+    current cache in a folder this process cannot write (a read-only share) is still used.
     """
     data_dir, metadata = storage.read_metadata(root)
     key = _key(data_dir)
@@ -197,23 +215,25 @@ def episode_arrays(root: str | os.PathLike, progress: bool = True
         cache.mkdir(exist_ok=True)
         lock = open(cache / "lock", "a")
     except OSError as err:
-        return metadata, _in_memory(root, metadata, progress,
+        if _current(folder, key):
+            return metadata, _open(folder)
+        return metadata, _in_memory(root, data_dir, metadata, progress,
                                     f"cannot write in {cache}: {err.strerror}")
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _current(folder, key):
             return metadata, _open(folder)
-        need = 4 * metadata["total_steps"] * (metadata["trajebm"]["state_dim"] + 1
-                                                + metadata["trajebm"]["action_dim"])
+        need = cache_bytes(metadata)
         if shutil.disk_usage(cache).free < 1.1 * need:
-            return metadata, _in_memory(root, metadata, progress,
+            return metadata, _in_memory(root, data_dir, metadata, progress,
                                         f"{cache} has not the {need / 1e9:.1f} GB free")
-        _build(Path(root), metadata, folder, key, progress)
+        _build(Path(root), data_dir, metadata, folder, key, progress)
         return metadata, _open(folder)
 
 
-def _in_memory(root: str | os.PathLike, metadata: dict[str, Any], progress: bool,
-               why: str) -> EpisodeArrays:
+def _in_memory(root: str | os.PathLike, data_dir: Path, metadata: dict[str, Any],
+               progress: bool, why: str) -> EpisodeArrays:
     warnings.warn(f"no read cache ({why}); reading the dataset into memory", stacklevel=3)
-    arrays = _fill(Path(root), metadata, lambda _, shape, dtype: np.empty(shape, dtype), progress)
+    arrays = _fill(Path(root), data_dir, metadata,
+                   lambda _, shape, dtype: np.empty(shape, dtype), progress)
     return EpisodeArrays(**{name: arrays[name] for name in _ARRAYS})

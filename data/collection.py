@@ -220,7 +220,12 @@ class RolloutCollector:
         actions = np.empty((n, length, replace.shape[2]), dtype=np.float32)
         states[:, 0] = layout.state_from_qpos_qvel(qpos, qvel)
         for t in range(length):
-            raw = check_actions(policy(states[:, t].copy(), t), n, t, name)
+            try:
+                proposed = policy(states[:, t].copy(), t)
+            except Exception as err:  # noqa: BLE001 - a user policy may raise anything
+                raise UsageError(f"policy {name!r} raised {type(err).__name__} at step {t}: "
+                                 f"{err}") from err
+            raw = check_actions(proposed, n, t, name)
             step_noise = None if noise is None else noise[:, t]
             actions[:, t] = perturb(raw, replace[:, t], step_noise)
             ctrl[:] = control_from_action(self.model, actions[:, t])
@@ -524,8 +529,11 @@ def merge_shards(shards: Sequence[str | os.PathLike], out: str | os.PathLike,
     paths, metas = [paths[j] for j in order], [metas[j] for j in order]
     for path, meta in zip(paths, metas, strict=True):
         own = meta["trajebm"]["shard"]
-        with h5py.File(path / "data" / storage.MAIN_FILE, "r") as file:
-            ids = sorted(int(group.attrs["id"]) for group in file.values())
+        try:
+            with h5py.File(path / "data" / storage.MAIN_FILE, "r") as file:
+                ids = sorted(int(group.attrs["id"]) for group in file.values())
+        except (OSError, KeyError) as err:
+            raise UsageError(f"shard {path}: cannot read {storage.MAIN_FILE} ({err})") from None
         if ids != list(range(own["first"], own["stop"])):
             raise UsageError(f"shard {path} does not hold episodes {own['first']}..{own['stop']}")
     tmp = out.with_name(f".{out.name}.merge-tmp")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import mujoco
 import numpy as np
@@ -83,7 +83,8 @@ class PDController:
         self._previous: np.ndarray | None = None
 
     def _draw(self, rng: np.random.Generator, open_lo: np.ndarray, open_hi: np.ndarray,
-              closed_lo: np.ndarray, closed_hi: np.ndarray) -> tuple:
+              closed_lo: np.ndarray, closed_hi: np.ndarray) -> tuple[Any, ...]:
+        """One episode's gains, period, phases, open and closed poses, k_pos and R."""
         return (rng.uniform(0.5, 2.5), rng.uniform(0.0, 0.6), rng.uniform(12.0, 40.0),
                 rng.uniform(0.0, 2 * np.pi, len(FINGERS)), rng.uniform(open_lo, open_hi),
                 rng.uniform(closed_lo, closed_hi), rng.uniform(10.0, 40.0),

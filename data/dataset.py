@@ -61,17 +61,17 @@ class NormStats:
     def of(cls, x: np.ndarray, dtype: str | np.dtype = "float64") -> NormStats:
         """Statistics of the rows of ``x``, computed in float64 and stored as ``dtype``."""
         x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-        return cls.floored_std(x.mean(axis=0), x.std(axis=0), dtype)
+        return cls._with_floor(x.mean(axis=0), x.std(axis=0), dtype)
 
     @classmethod
     def of_moments(cls, moments: tuple[int, np.ndarray, np.ndarray],
                    dtype: str | np.dtype = "float64") -> NormStats:
         """Statistics from (count, mean, centred sum of squares) (``EpisodeArrays.moments``)."""
         count, mean, m2 = moments
-        return cls.floored_std(mean, np.sqrt(m2 / count), dtype)
+        return cls._with_floor(mean, np.sqrt(m2 / count), dtype)
 
     @classmethod
-    def floored_std(cls, mean: np.ndarray, std: np.ndarray, dtype: str | np.dtype) -> NormStats:
+    def _with_floor(cls, mean: np.ndarray, std: np.ndarray, dtype: str | np.dtype) -> NormStats:
         """Mean and std as ``dtype``, the std raised to the floor (class docstring)."""
         floor = max(RELATIVE_FLOOR * float(np.median(std)), ABSOLUTE_FLOOR)
         floored = tuple(int(i) for i in np.flatnonzero(std < floor))
@@ -84,8 +84,9 @@ class TrajectoryDataset:
     Episodes are split into test (``test_fraction``, by a permutation seeded with ``seed``),
     validation (``val_fraction`` of the rest, for model selection) and train. The test split
     depends on ``seed`` and ``test_fraction`` only, so adding a validation split never moves
-    a test trajectory. The data stay memory-mapped (stored as float32); what a method returns
-    is ``dtype`` (use float32 for torch training). For large datasets use
+    a test trajectory. The data stay memory-mapped and are stored as float32, so what a method
+    returns is ``dtype`` (use float32 for torch training) holding float32-rounded values, also
+    for float64; the statistics come from the stored values exactly. For large datasets use
     :meth:`window_starts` and :meth:`gather` (a batch at a time) rather than :meth:`windows`.
     """
 

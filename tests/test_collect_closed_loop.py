@@ -29,6 +29,13 @@ def wrong_shape(states: np.ndarray, step: int) -> np.ndarray:
     return np.zeros((len(states), 19))
 
 
+def raises_at_step_one(states: np.ndarray, step: int) -> np.ndarray:
+    """A policy with a bug: it fails at its second call."""
+    if step >= 1:
+        raise ZeroDivisionError("division by zero")
+    return np.zeros((len(states), 20))
+
+
 def nan_after_two_steps(states: np.ndarray, step: int) -> np.ndarray:
     """Returns NaN actions from step 2 on."""
     return np.full((len(states), 20), np.nan if step >= 2 else 0.0)
@@ -114,6 +121,7 @@ def test_pd_controller_gives_diverse_contact_rich_episodes(tmp_path):
         ("test_collect_closed_loop:NOT_CALLABLE", "not a callable"),
         ("test_collect_closed_loop:wrong_shape", "shape (2, 19)"),
         ("test_collect_closed_loop:nan_after_two_steps", "NaN"),
+        ("test_collect_closed_loop:raises_at_step_one", "raised ZeroDivisionError at step 1"),
     ],
 )
 def test_bad_policies_exit_2_and_write_nothing(policy, message, tmp_path, capsys):

@@ -115,6 +115,27 @@ def test_the_cache_is_built_once_and_rebuilt_when_the_dataset_changes(tmp_path, 
     np.testing.assert_allclose(changed[0, 0] - first[0, 0], 1.0, rtol=1e-5)
 
 
+def test_a_killed_build_leaves_nothing_behind_once_the_next_build_runs(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "d", 4, 10, progress=False)
+    stale = data / cache.CACHE_DIR / ".build-killed"
+    stale.mkdir(parents=True)
+    (stale / "states.npy").write_bytes(b"half")
+    TrajectoryDataset(data, progress=False)
+    assert not stale.exists()
+
+
+def test_a_current_cache_in_a_read_only_folder_is_used(tmp_path, monkeypatch):
+    data = write_synthetic_dataset(tmp_path / "d", 4, 10, progress=False)
+    TrajectoryDataset(data, progress=False)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache, "open", refuse, raising=False)  # the lock file cannot be made
+    arrays = cache.episode_arrays(data, progress=False)[1]
+    assert isinstance(arrays.states, np.memmap)
+
+
 def test_without_a_writable_folder_the_dataset_is_read_into_memory(tmp_path, monkeypatch):
     data = write_synthetic_dataset(tmp_path / "d", 6, 10, progress=False)
     expected = TrajectoryDataset(data, progress=False).windows("all")
@@ -136,7 +157,7 @@ def test_minari_still_reads_a_dataset_with_a_cache_beside_it(tmp_path_factory):
     assert minari.MinariDataset(tiny / "data").total_episodes == 10
 
 
-@pytest.mark.parametrize("delta", [-1, 1])
+@pytest.mark.parametrize("delta", [-1, 1, -25])
 def test_metadata_totals_that_disagree_with_the_episodes_are_refused(tmp_path, delta):
     data = write_synthetic_dataset(tmp_path / "d", 4, 10, progress=False)
     meta_path = data / "data" / "metadata.json"

@@ -98,13 +98,11 @@ def load_test_set(data: str | os.PathLike, split: dict[str, Any], context: int,
     """The test trajectories of ``split`` (seed, test_fraction) of the dataset at ``data``."""
     ds = TrajectoryDataset(data, context=context, test_fraction=split["test_fraction"],
                            seed=split["seed"], dtype="float32")
-    states, actions = ds.trajectories("test")
+    states, actions = ds.trajectories("test", limit=max_episodes or None)
     if len(states) < 2:
         raise UsageError(f"{data}: the test split (fraction {split['test_fraction']}, seed "
                          f"{split['seed']}) has {len(states)} trajectories; scoring needs at "
                          f"least 2")
-    if max_episodes:
-        states, actions = states[:max_episodes], actions[:max_episodes]
     train_states, _ = ds.trajectories("train")
     return TestSet(states, actions, train_states, ds.state_stats, ds.metadata,
                    {k: split[k] for k in ("seed", "test_fraction")})

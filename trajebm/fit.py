@@ -197,16 +197,18 @@ class TrajectoryBatches:
         n = max(1, self.batch_size // h)
         pick = torch.randint(len(self._pool_starts), (n,), generator=self.generator).numpy()
         w = self.dataset.gather(self._pool_starts[pick], h + seg, normalized=True)
-        window = torch.from_numpy(w.context.astype(np.float32))
+        device = next(self.model.parameters()).device  # the trainer's; the pool stays on CPU
+        window = torch.from_numpy(w.context.astype(np.float32)).to(device)
         states = torch.from_numpy(w.next_state.astype(np.float32))
-        acts = torch.from_numpy(w.action.astype(np.float32)) if cfg.conditional else None
+        acts = torch.from_numpy(w.action.astype(np.float32)).to(device) if cfg.conditional \
+            else None
         pred = rollout_z(self.model, window, acts, h)
         traj = torch.cat([window, pred], 1)
         xs, conds = [], []
         for j in range(1, h + 1):
             act = acts[:, j : j + seg] if acts is not None else None
             xs.append(states[:, j : j + seg].reshape(n, -1))
-            conds.append(self.model.make_cond(traj[:, j : j + k], act))
+            conds.append(self.model.make_cond(traj[:, j : j + k], act).cpu())
         return torch.cat(xs), torch.cat(conds)
 
     def state_dict(self) -> dict[str, Any]:

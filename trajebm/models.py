@@ -433,7 +433,8 @@ def rollout_z(model: TrajectoryModel, window: Tensor, actions: Tensor | None, ho
     ``actions`` (N, >= horizon, A) start at a_t; a segment model that would need actions past
     the last one given repeats it (those extra predictions are dropped). ``extra(x, t)`` adds
     an energy on a z-scored state (N, D) predicted for step ``t`` (EBMs only). ``compile``
-    runs an EBM's Langevin steps compiled (compiled once, reused by every step).
+    runs an EBM's Langevin steps compiled (compiled once, reused by every step); with ``extra``
+    they run eager, as its step index would make every rollout step a new compilation.
     """
     h, d, k = model.config.segment, model.config.state_dim, model.config.context
     out: list[Tensor] = []
@@ -450,7 +451,8 @@ def rollout_z(model: TrajectoryModel, window: Tensor, actions: Tensor | None, ho
             def seg_extra(x: Tensor, _cond: Tensor | None, t0: int = t) -> Tensor:
                 return sum(extra(x[:, j * d : (j + 1) * d], t0 + j) for j in range(h))
         nxt = model.propose(cond, steps=steps, temperature=temperature, extra=seg_extra,
-                            members=members, compile=compile).detach().view(len(window), h, d)
+                            members=members, compile=compile and seg_extra is None
+                            ).detach().view(len(window), h, d)
         out.append(nxt)
         window = torch.cat([window, nxt], 1)[:, -k:]
         t += h

@@ -197,10 +197,9 @@ def rollout_dataset(model_path: str, data: str, out: str, horizon: int = 96, sam
     ds = TrajectoryDataset(data, context=k, test_fraction=own["test_fraction"],
                            seed=own["seed"], dtype="float32")
     check_layout(model, ds.metadata["trajebm"]["state_names"])
-    states, actions = ds.trajectories(split)
+    states, actions = ds.trajectories(split, limit=episodes)
     if not len(states):
         raise UsageError(f"the {split} split of {data} is empty")
-    states, actions = states[:episodes], actions[:episodes]
     horizon = min(horizon, states.shape[1] - k)
     acts = actions[:, k - 1 : k - 1 + horizon] if model.config.conditional else None
     pred = predict_rollouts(model, states[:, :k], acts, horizon, samples, langevin_steps,

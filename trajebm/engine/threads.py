@@ -2,15 +2,16 @@
 
 Small models run many tiny kernels. When two processes share the cores and each runs as many
 OpenMP threads as there are cores, the threads spin-wait for each other and every step takes
-10-100x longer (``benchmarks/bench_threads.py``: the trajectory EBM's chains fell from 2,183
-to 21 Langevin steps/s each). Passive waits (``OMP_WAIT_POLICY=PASSIVE``) avoid the collapse
-but make a second thread cost more than it gives for these models (703 steps/s alone). One
-thread per process is within 10-25% of the best alone and does not slow down when another job
-shares the cores, so it is the command lines' default; under ``torchrun`` every rank is a
-process of its own, so one thread each fills the cores.
+6-100x longer (``benchmarks/bench_threads.py``: the trajectory EBM's chains fell from 2,174 to
+334, in another run to 21, Langevin steps/s each). Passive waits (``OMP_WAIT_POLICY=PASSIVE``)
+avoid the collapse but make a second thread cost more than it gives for small nets (712 steps/s
+alone). One thread per process is 9% (trajectory EBM) to 28% (the digits net) slower than two
+spinning threads alone and does not slow down when another job shares the cores, so it is the
+command lines' default; under ``torchrun`` every rank is a process of its own, so one thread
+each fills the cores.
 
-Large convolutional nets (the CIFAR-10 ResNets) do gain from more threads on a machine of
-your own (1.8x with two): ``trajebm --threads N ...`` / ``imagebm --threads N ...``, or the
+Large convolutional nets (the CIFAR-10 ResNets) do gain from more threads on a machine of your
+own (1.9x with two): ``trajebm --threads N ...`` / ``imagebm --threads N ...``, or the
 environment variables ``TRAJEBM_THREADS`` (ours) or ``OMP_NUM_THREADS`` (honoured as torch
 does); add ``OMP_WAIT_POLICY=PASSIVE`` when the machine is shared.
 """

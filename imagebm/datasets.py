@@ -26,7 +26,12 @@ photos are center-cropped to a square and area-resized while decoding (default 3
 ``limit`` keeps a seeded random subset (in the original order). dSprites' ``factors`` hold
 the shape index (0 square, 1 ellipse, 2 heart) and the scale, orientation (radians), x and y
 values; ``label_factor`` turns one factor's grid index into the labels (3, 6, 40, 32 or 32
-classes).
+classes), or several joined by ``+`` (``"shape+x"``) into one joint label, the index of the
+combination (the first factor varies slowest). ``factor_bins`` groups a factor's grid into
+that many contiguous, equal bins (``{"x": 2}``: left and right halves), which then stand for
+the factor in labels and hold-outs; ``hold_out`` drops every image whose (binned) factors
+match one of the given combinations (``({"shape": 2, "x": 0},)``: no heart on the left), so
+a model can be asked for combinations it never saw. Both are deterministic and dSprites-only.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import pickle
 import struct
 import zipfile
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -421,13 +427,106 @@ def _read_imagenet(root: Path, split: str, opts: _Options) -> ImageData:
     return _decode_folder("imagenet", classes, files, opts)
 
 
-def _factor_labels(factor: str | None, indices: dict[str, np.ndarray]
+FactorBins = Mapping[str, int]
+"""Bins per dSprites factor (factors not named keep their full grid)."""
+Combination = Mapping[str, int]
+"""A value (bin index) per dSprites factor, e.g. ``{"shape": 2, "x": 0}``."""
+
+
+def label_parts(label_factor: str) -> tuple[str, ...]:
+    """The factors of a label spec: ``"shape"`` -> ("shape",), ``"shape+x"`` -> both."""
+    parts = tuple(label_factor.split("+"))
+    if any(f not in FACTOR_GRID for f in parts) or len(set(parts)) != len(parts):
+        raise UsageError(f"unknown label_factor {label_factor!r}; choose from "
+                         f"{', '.join(FACTOR_GRID)}, or distinct ones joined by '+'")
+    return parts
+
+
+def factor_classes(factor: str, bins: FactorBins | None = None) -> int:
+    """How many values ``factor`` takes: its bins, else its grid size."""
+    return (bins or {}).get(factor, len(FACTOR_GRID[factor]))
+
+
+def factor_bin(factor: str, grid_index: np.ndarray, bins: FactorBins | None = None
+               ) -> np.ndarray:
+    """Grid indices of ``factor`` -> bin indices (contiguous equal groups of the grid)."""
+    return np.asarray(grid_index) * factor_classes(factor, bins) // len(FACTOR_GRID[factor])
+
+
+def factor_names(factor: str, bins: FactorBins | None = None) -> list[str]:
+    """A name per value of ``factor``: the shape, the grid value, or a bin's value range."""
+    grid = FACTOR_GRID[factor]
+    values = list(SHAPES) if factor == "shape" else [f"{v:.3g}" for v in grid]
+    groups: list[list[str]] = [[] for _ in range(factor_classes(factor, bins))]
+    for i, value in enumerate(values):
+        groups[int(factor_bin(factor, i, bins))].append(value)
+    if factor == "shape":
+        return ["|".join(g) for g in groups]
+    return [g[0] if len(g) == 1 else f"{g[0]}-{g[-1]}" for g in groups]
+
+
+def combination_index(combination: Combination, factors: Sequence[str],
+                      bins: FactorBins | None = None) -> int:
+    """The joint label of ``combination`` for the label spec ``"+".join(factors)``."""
+    return int(_joint(combination, factors, bins))
+
+
+def _joint(values: Mapping[str, int | np.ndarray], factors: Sequence[str],
+           bins: FactorBins | None) -> np.ndarray:
+    """Mixed-radix joint index of per-factor values (the first factor varies slowest)."""
+    index = np.zeros((), np.int64)
+    for f in factors:
+        index = index * factor_classes(f, bins) + np.asarray(values[f], np.int64)
+    return index
+
+
+def check_factors(label_factor: str | None, bins: FactorBins | None,
+                  hold_out: Sequence[Combination]) -> None:
+    """UsageError unless the label spec, bins and held-out combinations are consistent."""
+    if label_factor is not None:
+        label_parts(label_factor)
+    for f, k in (bins or {}).items():
+        if f not in FACTOR_GRID or not 1 <= int(k) <= len(FACTOR_GRID[f]):
+            raise UsageError(f"factor_bins: {f!r} must be a factor of {', '.join(FACTOR_GRID)} "
+                             f"with 1 to its grid size bins, got {k!r}")
+    for combo in hold_out:
+        if not isinstance(combo, Mapping) or not combo:
+            raise UsageError(f"hold_out entries are non-empty mappings factor -> value, got "
+                             f"{combo!r}")
+        for f, v in combo.items():
+            if f not in FACTOR_GRID or not 0 <= int(v) < factor_classes(f, bins):
+                raise UsageError(f"hold_out {dict(combo)}: {f!r} must be a factor of "
+                                 f"{', '.join(FACTOR_GRID)} with a value below its bins")
+
+
+def _factor_labels(spec: str | None, indices: dict[str, np.ndarray],
+                   bins: FactorBins | None = None
                    ) -> tuple[np.ndarray | None, list[str] | None]:
-    """Labels (grid indices) and class names for ``label_factor``, or (None, None)."""
-    if factor is None:
+    """Labels (bin indices, or joint indices) and class names for ``label_factor``."""
+    if spec is None:
         return None, None
-    names = list(SHAPES) if factor == "shape" else [f"{v:.4g}" for v in FACTOR_GRID[factor]]
-    return indices[factor].astype(np.int64), names
+    factors = label_parts(spec)
+    values = {f: factor_bin(f, indices[f], bins) for f in factors}
+    labels = _joint(values, factors, bins)
+    names = [""]
+    for f in factors:
+        names = [f"{a}/{b}" if a else b for a in names for b in factor_names(f, bins)]
+    return labels, names
+
+
+def _kept(indices: dict[str, np.ndarray], bins: FactorBins | None,
+          hold_out: Sequence[Combination]) -> np.ndarray | None:
+    """Which items no held-out combination matches (None when nothing is held out)."""
+    if not hold_out:
+        return None
+    n = len(next(iter(indices.values())))
+    held = np.zeros(n, bool)
+    for combo in hold_out:
+        match = np.ones(n, bool)
+        for f, v in combo.items():
+            match &= factor_bin(f, indices[f], bins) == int(v)
+        held |= match
+    return ~held
 
 
 def _read_dsprites(root: Path, split: str, opts: _Options) -> ImageData:
@@ -443,11 +542,15 @@ def _read_dsprites(root: Path, split: str, opts: _Options) -> ImageData:
     idx = _subset_index(n, opts.limit, opts.seed)
     if idx is not None:
         imgs, values, classes = imgs[idx], values[idx], classes[idx]
+    keep = _kept({f: classes[:, c] for f, c in _DSPRITES_COLUMNS.items()}, opts.factor_bins,
+                 opts.hold_out)
+    if keep is not None:
+        imgs, values, classes = imgs[keep], values[keep], classes[keep]
     imgs *= 255
     factors = {f: (classes[:, c].astype(np.int64) if f == "shape" else values[:, c])
                for f, c in _DSPRITES_COLUMNS.items()}
     indices = {f: classes[:, c] for f, c in _DSPRITES_COLUMNS.items()}
-    labels, names = _factor_labels(opts.label_factor, indices)
+    labels, names = _factor_labels(opts.label_factor, indices, opts.factor_bins)
     return _image_data("dsprites", imgs[:, None], labels, names, factors)
 
 
@@ -535,14 +638,24 @@ def _inside(kind: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def procedural_dsprites(n: int = PROCEDURAL_DEFAULT_N, image_size: int = 64, seed: int = 0,
-                        split: str = "train", label_factor: str | None = None) -> ImageData:
-    """``n`` sprites with factors drawn uniformly from dSprites' grid (seeded; split-specific)."""
+                        split: str = "train", label_factor: str | None = None,
+                        factor_bins: FactorBins | None = None,
+                        hold_out: Sequence[Combination] = ()) -> ImageData:
+    """``n`` sprites with factors drawn uniformly from dSprites' grid (seeded; split-specific).
+
+    Sprites matching a ``hold_out`` combination are dropped after drawing, so fewer than
+    ``n`` remain; the others are the same sprites as without the hold-out.
+    """
+    check_factors(label_factor, factor_bins, hold_out)
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     indices = {f: rng.integers(len(grid), size=n) for f, grid in FACTOR_GRID.items()}
+    keep = _kept(indices, factor_bins, hold_out)
+    if keep is not None:
+        indices = {f: v[keep] for f, v in indices.items()}
     factors = {f: (indices[f] if f == "shape" else FACTOR_GRID[f][indices[f]])
                for f in FACTOR_GRID}
     images = render_sprites(*(factors[f] for f in FACTOR_GRID), image_size=image_size)
-    labels, names = _factor_labels(label_factor, indices)
+    labels, names = _factor_labels(label_factor, indices, factor_bins)
     return _image_data("dsprites-procedural", images, labels, names, factors)
 
 
@@ -577,6 +690,8 @@ class _Options:
     limit: int | None
     seed: int
     label_factor: str | None
+    factor_bins: FactorBins | None = None
+    hold_out: Sequence[Combination] = ()
 
 
 _READERS = {
@@ -588,11 +703,13 @@ _READERS = {
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train", *,
                  image_size: int | None = None, limit: int | None = None, seed: int = 0,
-                 label_factor: str | None = None) -> ImageData:
+                 label_factor: str | None = None, factor_bins: FactorBins | None = None,
+                 hold_out: Sequence[Combination] = ()) -> ImageData:
     """One split of dataset ``name`` as uint8 images, checked (see the module docstring).
 
     ``limit`` is a seeded random subset (for dsprites-procedural: how many to render, default
-    10,000); ``image_size`` resizes; ``label_factor`` picks the dSprites factor to label by.
+    10,000, before any hold-out); ``image_size`` resizes; ``label_factor`` picks the dSprites
+    factor(s) to label by, ``factor_bins`` coarsens factors, ``hold_out`` drops combinations.
     """
     spec = dataset_spec(name)
     if split not in SPLITS:
@@ -604,15 +721,15 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         raise UsageError(f"image_size must be positive, got {image_size}")
     if limit is not None and limit < 1:
         raise UsageError(f"limit must be positive, got {limit}")
-    if label_factor is not None and name not in ("dsprites", "dsprites-procedural"):
-        raise UsageError(f"label_factor applies to dsprites only, not {name}")
-    if label_factor is not None and label_factor not in FACTOR_GRID:
-        raise UsageError(f"unknown label_factor {label_factor!r}; choose from "
-                         f"{', '.join(FACTOR_GRID)}")
+    for option, value in (("label_factor", label_factor), ("factor_bins", factor_bins),
+                          ("hold_out", hold_out)):
+        if value and name not in ("dsprites", "dsprites-procedural"):
+            raise UsageError(f"{option} applies to dsprites only, not {name}")
+    check_factors(label_factor, factor_bins, hold_out)
     if name == "dsprites-procedural":
         return procedural_dsprites(limit or PROCEDURAL_DEFAULT_N, image_size or spec.image_size,
-                                   seed, split, label_factor)
-    opts = _Options(image_size, limit, seed, label_factor)
+                                   seed, split, label_factor, factor_bins, hold_out)
+    opts = _Options(image_size, limit, seed, label_factor, factor_bins, hold_out)
     data = _READERS[name](Path(root if root is not None else default_root()), split, opts)
     idx = _subset_index(len(data), limit, seed)
     if idx is not None:

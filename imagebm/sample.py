@@ -1,10 +1,17 @@
-"""Generate images from a trained run with the paper's evaluation-time sampler.
+"""Generate images from a trained run: Langevin chains from noise in chunks (or the replay buffer).
 
-PAPER.md §1: the chains are a buffer run in short chunks (20 Langevin steps, gradient clip
-0.05); after each chunk 1% of the chains restart from noise, and successive chunks use
+PAPER.md §1's evaluation sampler runs the chains in short chunks (20 Langevin steps, gradient
+clip 0.05); after each chunk 1% of the chains restart from noise, and successive chunks can use
 successive weight snapshots of the run (a historical ensemble). ``imagebm sample --run RUN
 --num N --out DIR`` writes ``samples.npy`` (N, C, H, W) in [0, 1], ``samples.png`` (a grid),
 ``labels.npy`` for conditional runs, ``run.json`` and optionally ``chain.gif``.
+
+The defaults depart from the paper (:data:`SAMPLE_TEMPERATURE`): at the training chain's
+temperature (noise 0.005 against a drift of ~0.02-0.1 per pixel and step; the gradient clip never
+binds) every chain of a class falls into one image of a fixed model, from noise or from the
+buffer alike, the more so the longer it runs, and older snapshots are worse models. The
+defaults therefore sample the final weights with 1000 times the noise variance, where the
+chains' diversity matches the data's and stays put; :meth:`SampleConfig.paper` is the paper's.
 
 Chains run with every model in eval mode, as the engine's Trainer runs its training chains:
 dropout is off and spectral-norm power iterations are frozen, so a chain follows one fixed
@@ -20,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +51,10 @@ from trajebm.engine.sampling import langevin
 from trajebm.engine.train import read_checkpoint, snapshot_paths
 
 STARTS = ("noise", "buffer")
+SAMPLE_TEMPERATURE = 1000.0
+"""Default chain temperature (noise x sqrt(1000) ~ 0.16 per step): measured on ``digits`` and
+``dsprites-16``, chains from noise keep the data's per-class diversity instead of collapsing
+(benchmarks/quality_fresh_samples.py)."""
 
 
 @dataclass
@@ -51,19 +63,20 @@ class SampleConfig:
 
     ``None`` fields take the run's own settings (``eval_*`` of its config; ``grad_clip=inf``
     turns clipping off); ``ensemble`` is the number of newest snapshots cycled through (1 = the
-    final weights only). ``start="buffer"`` continues the newest ``num`` chains of the run's
+    final weights only); ``temperature`` multiplies the noise variance of the run's chain
+    (module docstring). ``start="buffer"`` continues the newest ``num`` chains of the run's
     replay buffer (with their labels) instead of starting from noise; with ``chunks=0`` the
     result is the persistent training chains themselves.
     """
 
     num: int = 64
     start: str = "noise"
-    chunks: int = 20
+    chunks: int = 10
     chunk_steps: int | None = None
     grad_clip: float | None = None
     reinit: float | None = None
-    ensemble: int = 10
-    temperature: float = 1.0
+    ensemble: int = 1
+    temperature: float = SAMPLE_TEMPERATURE
     labels: list[int] | None = None
     seed: int = 0
     gif_frames: int = 0
@@ -78,6 +91,21 @@ class SampleConfig:
                              "drop --labels or use --start noise")
         if self.temperature <= 0:
             raise UsageError(f"temperature must be positive, got {self.temperature}")
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> SampleConfig:
+        """The paper's evaluation sampler: 20 chunks over 10 snapshots at temperature 1."""
+        return cls(**{"chunks": 20, "ensemble": 10, "temperature": 1.0, **overrides})
+
+
+def class_diversity(images: Tensor, labels: Tensor | None) -> float:
+    """Mean over classes (one class when unlabelled) of the mean pairwise L2 pixel distance."""
+    x = images.flatten(1).float()
+    groups = [x] if labels is None else [x[labels == c] for c in labels.unique()]
+    means = [torch.pdist(g).mean() for g in groups if len(g) > 1]
+    if not means:
+        raise UsageError("need at least two images of one class to measure diversity")
+    return float(torch.stack(means).mean())
 
 
 def _load_snapshot(path: Path) -> dict[str, Tensor]:
@@ -233,12 +261,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--start", default=d.start, choices=STARTS,
                    help="chains start from noise (paper's evaluation) or the run's replay buffer")
-    p.add_argument("--chunks", type=int, default=d.chunks, help="sampling chunks (>= 0)")
+    p.add_argument("--chunks", type=int, default=d.chunks,
+                   help="sampling chunks (>= 0; paper: 20)")
     p.add_argument("--chunk-steps", type=int, default=None,
                    help="Langevin steps per chunk (default: the run's, 20)")
     p.add_argument("--ensemble", type=int, default=d.ensemble,
-                   help="newest snapshots to cycle through (1 = final weights)")
-    p.add_argument("--temperature", type=float, default=d.temperature)
+                   help="newest snapshots to cycle through (1 = final weights; paper: 10)")
+    p.add_argument("--temperature", type=float, default=d.temperature,
+                   help="multiplies the chains' noise variance (paper: 1, whose chains "
+                        "collapse to one image per class)")
     p.add_argument("--labels", type=int, nargs="+", default=None,
                    help="classes to sample (cycled); default: every class in turn")
     p.add_argument("--gif", action="store_true", help="also write chain.gif")

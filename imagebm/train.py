@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from imagebm.datasets import ImageData, load_dataset
+from imagebm.datasets import ImageData, check_factors, load_dataset
 from imagebm.grid import save_grid
 from imagebm.models import ImageEBM, ImageEBMConfig, build_model
 from trajebm.engine.buffer import NoiseInit, ReplayBuffer, uniform_init
@@ -67,12 +67,16 @@ class ImageTrainConfig:
     evaluation-time sampler (:func:`imagebm.sample.sample_images`). ``class_weight`` > 0 adds
     that times the cross-entropy of the logits ``-E(x, y)`` on the data to the contrastive loss
     (the hybrid of JEM, Grathwohl et al. 2020: log p(y | x) beside log p(x | y)); 0 is the
-    paper's purely generative training.
+    paper's purely generative training. ``label_factor``, ``factor_bins`` and ``hold_out`` label
+    dSprites by one factor or a joint combination, coarsen factors into bins and leave
+    combinations out of the training data (:mod:`imagebm.datasets`).
     """
 
     dataset: str = "digits"
     image_size: int | None = None
     label_factor: str | None = None
+    factor_bins: dict[str, int] | None = None
+    hold_out: tuple[dict[str, int], ...] = ()
     limit: int | None = None
     conditional: bool = False
     model: ImageEBMConfig = field(default_factory=ImageEBMConfig)
@@ -99,6 +103,8 @@ class ImageTrainConfig:
             raise UsageError("class_weight must be >= 0, and > 0 only for a conditional model")
         if not 0.0 <= self.eval_reinit <= 1.0:
             raise UsageError(f"eval_reinit must be in [0, 1], got {self.eval_reinit}")
+        self.hold_out = tuple(self.hold_out)
+        check_factors(self.label_factor, self.factor_bins, self.hold_out)
 
 
 def _cifar_sampler(**kw: Any) -> LangevinConfig:
@@ -196,7 +202,8 @@ def load_training_data(cfg: ImageTrainConfig, data_root: str | os.PathLike | Non
                        split: str = "train") -> ImageData:
     """The run's dataset split, checked against the model's image shape and labels."""
     data = load_dataset(cfg.dataset, data_root, split, image_size=cfg.image_size,
-                        limit=cfg.limit, seed=cfg.train.seed, label_factor=cfg.label_factor)
+                        limit=cfg.limit, seed=cfg.train.seed, label_factor=cfg.label_factor,
+                        factor_bins=cfg.factor_bins, hold_out=cfg.hold_out)
     _, c, h, w = data.images.shape
     m = cfg.model
     if (c, h, w) != (m.channels, m.image_size, m.image_size):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trajebm.engine.sampling import (
+    Expert,
     LangevinConfig,
     hmc,
     langevin,
@@ -250,3 +251,63 @@ def test_config_validation():
         LangevinConfig(convention="euler")
     with pytest.raises(ValueError):
         LangevinConfig(step_size=0.0)
+
+
+def conditional_gaussian(x, cond):
+    """N(mean, std^2) per row, cond = (B, 2) holding mean and std."""
+    mean, std = cond[:, :1], cond[:, 1:]
+    return 0.5 * ((x - mean) / std).pow(2).sum(1)
+
+
+def rows(n, *values):
+    return torch.tensor(values).expand(n, len(values))
+
+
+def test_a_single_expert_is_the_chain_of_its_energy():
+    cond, x0 = rows(64, 1.0, 2.0), torch.randn(64, 1)
+    torch.manual_seed(3)
+    plain, plain_chain = langevin(conditional_gaussian, x0, cond, steps=20, return_chain=True,
+                                  **FREE)
+    torch.manual_seed(3)
+    # the expert keeps its own condition whatever the chain's one is
+    composed, chain = langevin([Expert(conditional_gaussian, cond)], x0, rows(64, 9.0, 9.0),
+                               steps=20, return_chain=True, **FREE)
+    assert torch.equal(chain, plain_chain) and torch.equal(composed, plain)
+
+
+def test_experts_with_their_own_conditions_sample_the_product():
+    # N(1, 1) * N(3, 0.5^2) = N(2.6, 0.2); one energy, two conditions
+    n = 8000
+    experts = [Expert(conditional_gaussian, rows(n, 1.0, 1.0)),
+               Expert(conditional_gaussian, rows(n, 3.0, 0.5))]
+    x = langevin(experts, torch.zeros(n, 1), convention="textbook", step_size=0.02, steps=500,
+                 **FREE)
+    assert x.mean().item() == pytest.approx(2.6, abs=0.03)
+    assert x.var().item() == pytest.approx(0.2, rel=0.1)
+    # a bare energy beside an expert takes the chain's condition; weight 4 halves the std:
+    # N(1, 1) * N(3, 0.25^2) = N(49/17, 1/17)
+    h = hmc([conditional_gaussian, Expert(conditional_gaussian, rows(n, 3.0, 0.5), weight=4.0)],
+            torch.zeros(n, 1), rows(n, 1.0, 1.0), steps=150, step_size=0.2)
+    assert h.samples.mean().item() == pytest.approx(49 / 17, abs=0.02)
+    assert h.samples.var().item() == pytest.approx(1 / 17, rel=0.1)
+
+
+def test_experts_are_checked():
+    with pytest.raises(TypeError, match="wrap an \\(energy, cond\\) pair in Expert"):
+        langevin([(conditional_gaussian, rows(2, 0.0, 1.0))], torch.zeros(2, 1), steps=1)
+    with pytest.raises(TypeError, match="must be callable"):
+        Expert(rows(2, 0.0, 1.0))
+    with pytest.raises(ValueError, match="finite"):
+        Expert(conditional_gaussian, weight=float("nan"))
+
+
+def test_compiled_experts_follow_the_eager_chain():
+    cfg = LangevinConfig(steps=4, step_size=0.05, noise=0.01, grad_clip=0.5, bounds=(-2.0, 2.0))
+    x0 = torch.randn(16, 1)
+    runs = {}
+    for compiled in (False, True, True):  # the second compiled call has new conditions
+        experts = [Expert(conditional_gaussian, rows(16, 1.0, 1.0)),
+                   Expert(conditional_gaussian, rows(16, -1.0, 0.5), weight=2.0)]
+        torch.manual_seed(5)
+        runs[compiled] = langevin(experts, x0, config=cfg, compile=compiled)
+    torch.testing.assert_close(runs[True], runs[False], rtol=0, atol=1e-5)

@@ -1,15 +1,28 @@
-"""The toy job: every density, mode coverage with defaults, the CLI on good and bad input."""
+"""The toy job: every density, mode coverage with defaults, log Z by grid and AIS, the CLI."""
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from trajebm.cli import main
-from trajebm.toy import DENSITIES, ToyConfig, fit_toy, mode_coverage, sample_density
+from trajebm.toy import (
+    DENSITIES,
+    ToyConfig,
+    ToyResult,
+    energy_grid,
+    fit_toy,
+    grid_log_z,
+    grid_samples,
+    mode_coverage,
+    sample_density,
+    toy_likelihood,
+)
 
 
 @pytest.mark.parametrize("name", sorted(DENSITIES))
@@ -41,6 +54,42 @@ def test_a_short_fit_covers_every_mode_of_8gaussians(tmp_path):
     assert result.metrics["energy_distance"] < result.metrics["energy_distance_gaussian_fit"]
 
 
+class Quadratic(torch.nn.Module):
+    """E(z) = |z - c|² / 2: log Z = (D/2) log 2π on all of R^D."""
+
+    def __init__(self, center):
+        super().__init__()
+        self.center = torch.as_tensor(center, dtype=torch.float32)
+
+    def forward(self, z, cond=None):
+        return 0.5 * (z - self.center).pow(2).sum(1)
+
+
+def test_grid_integrates_and_samples_a_known_density():
+    grid, err = grid_log_z(Quadratic([0.5, -0.5]), -6.0, 6.0, 2, points=256)
+    assert abs(grid.log_z - math.log(2 * math.pi)) < 1e-4 and err < 1e-4
+    samples = grid_samples(energy_grid(Quadratic([0.5, -0.5]), -6.0, 6.0, 2, 256), 4000)
+    assert torch.allclose(samples.mean(0), torch.tensor([0.5, -0.5]), atol=0.06)
+    assert torch.allclose(samples.std(0), torch.ones(2), atol=0.05)
+
+
+def test_toy_likelihood_agrees_with_the_grid_and_the_truth():
+    # a standard normal energy on standardised data: exact log Z = log 2π (the box holds it all)
+    rng = np.random.default_rng(0)
+    train, test = rng.standard_normal((4000, 2)) * [2.0, 0.5], rng.standard_normal((500, 2))
+    mean, std = train.mean(0), train.std(0)
+    result = ToyResult(train[:10], Quadratic([0.0, 0.0]), mean, std, {})
+    cfg = ToyConfig(ais_chains=200, ais_steps=100, grid_points=256)
+    out = toy_likelihood(result, train, test * [2.0, 0.5], cfg)
+    grid, est = out["grid"], out["ais"]
+    assert abs(grid["log_z"] - math.log(2 * math.pi)) < 1e-3 and grid["edge_mass"] < 1e-3
+    assert est["abs_error"] < 0.05 and est["bounds_bracket_grid"], est
+    assert est["upper_from"] == "target_samples"
+    z = (test * [2.0, 0.5] - mean) / std
+    expected = -np.mean(0.5 * (z**2).sum(1)) - math.log(2 * math.pi) - np.log(std).sum()
+    assert out["test_log_likelihood"] == pytest.approx(expected, abs=1e-3)
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "trajebm.cli", *args], capture_output=True,
                           text=True)
@@ -52,13 +101,16 @@ def test_cli_fits_an_nxd_array_in_original_units(tmp_path):
     np.save(tmp_path / "x.npy", data.astype(np.float32))
     out = tmp_path / "run"
     code = main(["toy", "--data", str(tmp_path / "x.npy"), "--out", str(out), "--steps", "150",
-                 "--no-progress"])
+                 "--ais-steps", "20", "--no-progress"])
     assert code == 0
     samples = np.load(out / "samples.npy")
     assert samples.shape[1] == 3 and len(samples) >= 2000
     assert np.allclose(samples.mean(0), [0.0, 100.0, -5.0], atol=[1.0, 10.0, 0.1])
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"energy_distance", "energy_distance_gaussian_fit"} <= set(metrics)
+    likelihood = metrics["likelihood"]  # 3-D: AIS only, no grid
+    assert "grid" not in likelihood and likelihood["ais"]["upper_from"] == "forward_resampled"
+    assert likelihood["test_log_likelihood_log_z_from"] == "ais"
     run = json.loads((out / "run.json").read_text())
     assert run["seed"] == 0 and run["versions"]["torch"] and "config" in run
     assert (out / "toy.png").stat().st_size > 0 and (out / "checkpoint.pt").exists()

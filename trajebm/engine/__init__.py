@@ -1,5 +1,5 @@
 """The shared engine: one Langevin sampler, one replay buffer, one trainer, one Fréchet
-distance, run records and the model-file format.
+distance, annealed importance sampling, run records and the model-file format.
 
 It knows nothing of trajectories, environments, datasets or images; the trajectory
 application (:mod:`trajebm.models` and friends), the toy densities and :mod:`imagebm` are

@@ -1,7 +1,11 @@
 """MCMC samplers for energy-based models: Langevin dynamics and Hamiltonian Monte Carlo.
 
 An energy is any callable ``E(x, cond) -> (B,)`` (a model, a lambda, ...). Passing a sequence
-of energies samples their sum, i.e. the product of the experts' densities.
+of energies samples their sum, i.e. the product of the experts' densities. A bare energy in the
+sequence gets the chain's one ``cond``; an :class:`Expert` carries its own condition (and a
+weight), so experts conditioned differently compose directly:
+``langevin([Expert(e_shape, circle), Expert(e_pos, left)], x)`` samples
+``exp(-E_shape(x | circle) - E_pos(x | left))``. An :class:`Expert` is itself an energy.
 
 Two Langevin conventions are offered (PAPER.md §1):
 
@@ -28,7 +32,8 @@ which removes most of the per-step Python and autograd overhead of small energie
 ``"reduce-overhead"`` also replays the step as a CUDA graph on a GPU. The noise is drawn
 outside the compiled function from the same generator in the same order, so a compiled chain
 follows the eager one (the reference and the default) to float rounding. The first call per
-energy and shape pays the compilation (seconds); later chains reuse it.
+energy and shape pays the compilation (seconds); later chains reuse it. Experts' own
+conditions reach the compiled step as inputs, so new conditions of the same shapes reuse it too.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from torch import Tensor
 
 EnergyFn = Callable[[Tensor, "Tensor | None"], Tensor]
 Energies = EnergyFn | Sequence[EnergyFn]
+"""One energy, or several to sum; :class:`Expert` is an ``EnergyFn`` and may appear in either."""
 
 
 PAPER_NOISE = 0.005
@@ -120,13 +126,45 @@ def textbook_to_paper(eta: float, temperature: float = 1.0) -> tuple[float, floa
     return eta / 2.0, math.sqrt(eta * temperature)
 
 
+@dataclass(frozen=True)
+class Expert:
+    """One expert of a product: ``weight * energy(x, cond)`` with its OWN condition.
+
+    Called as an energy, it ignores the chain's condition and passes ``cond`` (None included),
+    so experts conditioned differently sum in one chain. ``cond`` is used as given: it must
+    suit the batch being sampled (e.g. one label per chain).
+    """
+
+    energy: EnergyFn
+    cond: Tensor | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not callable(self.energy):
+            raise TypeError(f"Expert.energy must be callable, got {type(self.energy).__name__}")
+        if not math.isfinite(self.weight):
+            raise ValueError(f"Expert.weight must be finite, got {self.weight}")
+
+    def __call__(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        e = self.energy(x, self.cond)
+        return e if self.weight == 1.0 else self.weight * e
+
+
 def total_energy(energy: Energies) -> EnergyFn:
-    """One callable for a single energy or the sum of several (a product of experts)."""
+    """One callable for a single energy or the sum of several (a product of experts).
+
+    Bare energies in a sequence get the condition the sum is called with; each
+    :class:`Expert` uses its own.
+    """
     if callable(energy):
         return energy
     experts = tuple(energy)
     if not experts:
         raise ValueError("need at least one energy function")
+    for e in experts:
+        if not callable(e):
+            raise TypeError(f"energies must be callables or Expert(energy, cond), got "
+                            f"{type(e).__name__}; wrap an (energy, cond) pair in Expert")
 
     def summed(x: Tensor, cond: Tensor | None = None) -> Tensor:
         return sum(e(x, cond) for e in experts)
@@ -223,6 +261,8 @@ def langevin(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Run a Langevin chain from ``x`` and return the final samples (detached unless asked).
 
+    ``energy`` is one energy or a sequence to sum; bare energies get ``cond``, each
+    :class:`Expert` its own condition (module docstring).
     ``overrides`` replace fields of ``config`` (e.g. ``steps=20``). ``mask`` (broadcastable to
     ``x``; 1 = update, 0 = keep) freezes elements, as in inpainting: frozen elements are neither
     moved nor clamped to ``bounds``. ``return_chain`` also returns every state, shape

@@ -1,0 +1,313 @@
+"""Mode coverage and memorisation checks of a trained image EBM (PAPER.md §3).
+
+Three checks, each with a number beside its figure:
+
+* **Energy histograms of training vs test images** (the paper's overfitting check): a model
+  that memorised its data gives training images clearly lower energy than test images. The
+  energy is ``E(x, y)`` at the true label for conditional runs, ``E(x)`` otherwise; equal
+  numbers of training and test images are scored. Numbers: both means and standard
+  deviations, the gap in pooled standard deviations, the two-sample Kolmogorov–Smirnov
+  statistic, and the histogram overlap (sum over 40 shared bins of the smaller of the two
+  normalised histograms: 1 = identical, 0 = disjoint).
+* **Nearest training neighbours of samples**, in pixel space and in the domain classifier's
+  penultimate features (:func:`imagebm.evaluate.domain_classifier`; digits, MNIST, dSprites).
+  Numbers: the median RMS pixel distance of samples to their nearest training image beside the
+  same for test images (which cannot be copies), and the fraction of samples nearer to the
+  training set than 95% of test images are (about 0.05 or less without memorisation).
+* **Class coverage**: the domain classifier's predicted classes of the samples: the share of
+  classes predicted at least once, the perplexity of the predicted class distribution over the
+  number of classes (1 = uniform), and the same for as many test images (the floor).
+
+Samples come from :func:`imagebm.sample.sample_images` (the paper's evaluation sampler) or a
+given ``samples.npy``. ``imagebm coverage --run RUN --out DIR`` writes ``coverage.json``,
+``energies.png``, ``neighbours.png`` (per row: a sample, its pixel-space neighbours, a blank,
+its feature-space neighbours) and, when it sampled them, ``samples.npy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import ks_2samp
+from torch import Tensor
+
+from imagebm.classify import test_split
+from imagebm.evaluate import DOMAIN_DATASETS, domain_classifier, load_samples
+from imagebm.grid import save_grid
+from imagebm.metrics import DomainClassifier
+from imagebm.models import ImageEBM
+from imagebm.sample import SampleConfig, eval_mode, sample_images
+from imagebm.train import CHECKPOINT_FILE, MODEL_FILE, ImageRun, load_image_run, load_training_data
+from trajebm.engine.device import resolve_device
+from trajebm.engine.errors import UsageError
+from trajebm.engine.runinfo import atomic_write_bytes, write_json, write_run_info
+
+HIST_BINS = 40
+NEAR_COPY_QUANTILE = 0.05
+
+
+@dataclass
+class CoverageConfig:
+    """``sample``: how samples are drawn when none are given; ``neighbours`` per sample and
+    ``show`` samples in the figure; ``limit``: at most this many images per split are scored."""
+
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(num=256))
+    neighbours: int = 5
+    show: int = 8
+    limit: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 1 or self.show < 1 or self.limit < 2:
+            raise UsageError("need neighbours >= 1, show >= 1 and limit >= 2")
+
+
+@dataclass
+class CoverageResult:
+    """Energies of both splits, the samples, their nearest training images (N, k, C, H, W) in
+    pixel and feature space (None without a domain classifier), and the numbers."""
+
+    train_energies: np.ndarray
+    test_energies: np.ndarray
+    samples: Tensor
+    pixel_neighbours: Tensor
+    feature_neighbours: Tensor | None
+    metrics: dict[str, Any]
+
+
+@torch.no_grad()
+def image_energies(model: ImageEBM, images: Tensor, labels: Tensor | None,
+                   batch_size: int = 256) -> np.ndarray:
+    """``E(x, y)`` (conditional, at ``labels``) or ``E(x)`` of every image, in eval mode."""
+    device = next(model.parameters()).device
+    out = []
+    with eval_mode([model]):
+        for i in range(0, len(images), batch_size):
+            y = None if labels is None else labels[i:i + batch_size].to(device)
+            out.append(model(images[i:i + batch_size].to(device), y).cpu())
+    return torch.cat(out).double().numpy()
+
+
+def histogram_overlap(a: np.ndarray, b: np.ndarray, bins: int = HIST_BINS) -> float:
+    """Sum over shared bins of the smaller normalised histogram: 1 identical, 0 disjoint."""
+    lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    pa, pb = np.histogram(a, edges)[0] / len(a), np.histogram(b, edges)[0] / len(b)
+    return float(np.minimum(pa, pb).sum())
+
+
+def energy_summary(train: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    """Means, standard deviations, pooled-std gap, KS statistic and histogram overlap."""
+    pooled = float(np.sqrt((train.var() + test.var()) / 2)) or 1.0
+    ks = ks_2samp(train, test)
+    return {"train_mean": float(train.mean()), "train_std": float(train.std()),
+            "test_mean": float(test.mean()), "test_std": float(test.std()),
+            "gap_in_std": float((test.mean() - train.mean()) / pooled),
+            "ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
+            "histogram_overlap": histogram_overlap(train, test), "n": len(train)}
+
+
+def nearest(queries: Tensor, keys: Tensor, k: int, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Euclidean distances and indices of the ``k`` nearest ``keys`` rows of each query row."""
+    q = queries.flatten(1).double()
+    dists, idx = [], []
+    for start in range(0, len(keys), chunk):
+        d = torch.cdist(q, keys[start:start + chunk].flatten(1).double())
+        value, i = d.topk(min(k, d.shape[1]), dim=1, largest=False)
+        dists.append(value)
+        idx.append(i + start)
+    d, i = torch.cat(dists, 1), torch.cat(idx, 1)
+    order = d.argsort(1)[:, :k]
+    return d.gather(1, order), i.gather(1, order)
+
+
+@torch.no_grad()
+def _features(classifier: DomainClassifier, images: Tensor, batch_size: int = 1024) -> Tensor:
+    return torch.cat([classifier.features(images[i:i + batch_size]).cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def class_coverage(classifier: DomainClassifier, images: Tensor) -> dict[str, Any]:
+    """Predicted-class counts, share of classes seen, and perplexity / number of classes."""
+    k = classifier.config.num_classes
+    predicted = torch.cat([classifier(images[i:i + 1024]).argmax(1).cpu()
+                           for i in range(0, len(images), 1024)])
+    counts = torch.bincount(predicted, minlength=k).double()
+    p = counts / counts.sum()
+    entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+    return {"class_counts": counts.long().tolist(), "covered": float((counts > 0).double().mean()),
+            "perplexity_ratio": float(np.exp(entropy) / k)}
+
+
+def _subset(n: int, limit: int, seed: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
+
+
+def coverage(run: ImageRun | str | os.PathLike, samples: Tensor | np.ndarray | None = None,
+             config: CoverageConfig | None = None, *,
+             sample_labels: Tensor | np.ndarray | None = None,
+             data_root: str | os.PathLike | None = None,
+             cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
+             progress: bool = True) -> CoverageResult:
+    """Energy histograms (train vs test), samples' nearest neighbours, and class coverage.
+
+    ``samples`` (N, C, H, W) in [0, 1] are drawn with ``config.sample`` when not given.
+    """
+    cfg = config or CoverageConfig()
+    device = resolve_device(device)
+    run = run if isinstance(run, ImageRun) else load_image_run(run, device)
+    model, rc = run.model.to(device), run.config
+    shape = (model.config.channels, model.config.image_size, model.config.image_size)
+    if samples is not None:
+        samples = torch.as_tensor(np.asarray(samples, dtype=np.float32))
+        if samples.ndim != 4 or tuple(samples.shape[1:]) != shape or len(samples) < 2:
+            raise UsageError(f"samples have shape {tuple(samples.shape)}; the run's images are "
+                             f"(N >= 2, {', '.join(map(str, shape))})")
+        if not bool(torch.isfinite(samples).all()) or samples.min() < 0 or samples.max() > 1:
+            raise UsageError("samples must be finite and in [0, 1]")
+    test = test_split(rc, data_root)
+    train = load_training_data(rc, data_root)
+    n = min(len(test), len(train), cfg.limit)
+    te, tr = _subset(len(test), n, cfg.seed), _subset(len(train), n, cfg.seed + 1)
+    conditional = model.conditional
+    e_train = image_energies(model, train.float(tr), train.labels[tr] if conditional else None)
+    e_test = image_energies(model, test.float(te), test.labels[te] if conditional else None)
+    if samples is None:
+        samples, labels, _ = sample_images(run, cfg.sample, device, progress)
+    else:
+        labels = None if sample_labels is None else torch.as_tensor(np.asarray(sample_labels))
+    train_x = train.float()
+    k = min(cfg.neighbours, len(train_x))
+    pixel_d, pixel_i = nearest(samples, train_x, k)
+    test_d, _ = nearest(test.float(te), train_x, 1)
+    rms = float(np.sqrt(np.prod(shape)))
+    sample_nn, test_nn = pixel_d[:, 0].numpy() / rms, test_d[:, 0].numpy() / rms
+    threshold = float(np.quantile(test_nn, NEAR_COPY_QUANTILE))
+    metrics: dict[str, Any] = {
+        "run": str(run.path), "dataset": rc.dataset, "samples": len(samples),
+        "config": asdict(cfg),
+        "energy": "E(x, true label)" if conditional else "E(x)",
+        "energies": energy_summary(e_train, e_test),
+        "nearest_neighbours": {
+            "sample_median_rms": float(np.median(sample_nn)),
+            "test_median_rms": float(np.median(test_nn)),
+            "near_copy_threshold_rms": threshold,
+            "near_copy_fraction": float((sample_nn < threshold).mean())}}
+    feature_nn = None
+    if rc.dataset in DOMAIN_DATASETS:
+        classifier = domain_classifier(rc, data_root, cache_dir, progress).to(device).eval()
+        feats = _features(classifier, train_x)
+        feature_nn = train_x[nearest(_features(classifier, samples), feats, k)[1]]
+        metrics["classes"] = {"samples": class_coverage(classifier, samples),
+                              "test_floor": class_coverage(classifier,
+                                                           test.float(te[:len(samples)]))}
+        if labels is not None and classifier.config.num_classes == model.config.num_classes:
+            with torch.no_grad():
+                hit = classifier(samples).argmax(1).cpu() == labels.view(-1)
+            metrics["classes"]["label_accuracy"] = float(hit.double().mean())
+    else:
+        metrics["classes"] = (f"none: no domain classifier for {rc.dataset} "
+                              f"(only for {', '.join(DOMAIN_DATASETS)})")
+    return CoverageResult(e_train, e_test, samples, train_x[pixel_i], feature_nn, metrics)
+
+
+def save_energy_histograms(result: CoverageResult, path: Path) -> Path:
+    """Train and test energy histograms on shared bins, with the summary numbers as a title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = result.metrics["energies"]
+    both = np.concatenate([result.train_energies, result.test_energies])
+    bins = np.linspace(both.min(), both.max() if both.max() > both.min() else both.min() + 1,
+                       HIST_BINS + 1)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.hist(result.train_energies, bins=bins, alpha=0.5, density=True, label="train")
+    ax.hist(result.test_energies, bins=bins, alpha=0.5, density=True, label="test")
+    ax.set_xlabel(f"energy {result.metrics['energy']} (lower = more likely)")
+    ax.set_title(f"overlap {s['histogram_overlap']:.3f}, KS {s['ks_statistic']:.3f}, "
+                 f"gap {s['gap_in_std']:+.2f} std", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_neighbours(result: CoverageResult, show: int, path: Path) -> Path:
+    """Rows: a sample, its pixel-space neighbours, a blank, its feature-space neighbours."""
+    blank = torch.ones(1, *result.samples.shape[1:])
+    rows = []
+    for i in range(min(show, len(result.samples))):
+        row = [result.samples[i:i + 1], result.pixel_neighbours[i]]
+        if result.feature_neighbours is not None:
+            row += [blank, result.feature_neighbours[i]]
+        rows.append(torch.cat(row))
+    save_grid(torch.cat(rows), path, nrow=len(rows[0]))
+    return path
+
+
+def run_coverage(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory")
+    if (out / MODEL_FILE).exists() or (out / CHECKPOINT_FILE).exists():
+        raise UsageError(f"{out} is a training run's folder; write to a subfolder such as "
+                         f"{out / 'coverage'}")
+    samples = labels = None
+    if args.samples is not None:
+        samples, labels = load_samples(args.samples)
+    cfg = CoverageConfig(sample=SampleConfig(num=args.num, chunks=args.chunks, seed=args.seed),
+                         neighbours=args.neighbours, show=args.show, seed=args.seed)
+    result = coverage(args.run, samples, cfg, sample_labels=labels, data_root=args.data_root,
+                      device=args.device, progress=not args.quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "coverage.json", result.metrics)
+    save_energy_histograms(result, out / "energies.png")
+    save_neighbours(result, cfg.show, out / "neighbours.png")
+    if samples is None:
+        buf = io.BytesIO()
+        np.save(buf, result.samples.numpy().astype(np.float32))
+        atomic_write_bytes(out / "samples.npy", buf.getvalue())
+    write_run_info(out, cfg, cfg.seed, run=str(args.run), samples=args.samples)
+    e, nn = result.metrics["energies"], result.metrics["nearest_neighbours"]
+    print(f"energies ({result.metrics['energy']}), {e['n']} images per split: train "
+          f"{e['train_mean']:.3f} ± {e['train_std']:.3f}, test {e['test_mean']:.3f} ± "
+          f"{e['test_std']:.3f}; overlap {e['histogram_overlap']:.3f}, KS {e['ks_statistic']:.3f}")
+    print(f"nearest training image (RMS): samples {nn['sample_median_rms']:.4f}, test "
+          f"{nn['test_median_rms']:.4f}; near copies {nn['near_copy_fraction']:.3f}")
+    classes = result.metrics["classes"]
+    if isinstance(classes, dict):
+        print(f"classes covered: samples {classes['samples']['covered']:.2f}, test "
+              f"{classes['test_floor']['covered']:.2f}")
+    print(f"wrote {out / 'coverage.json'}, {out / 'energies.png'} and {out / 'neighbours.png'}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``imagebm coverage``."""
+    d, s = CoverageConfig(), CoverageConfig().sample
+    p = subparsers.add_parser("coverage", help="train vs test energy histograms, nearest "
+                              "training neighbours of samples, class coverage")
+    p.add_argument("--run", required=True, help="run folder from `imagebm train`")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--samples", default=None,
+                   help="samples.npy (or its folder) to check; default: sample --num of them")
+    p.add_argument("--num", type=int, default=s.num, help="samples to draw")
+    p.add_argument("--chunks", type=int, default=s.chunks, help="sampling chunks")
+    p.add_argument("--neighbours", type=int, default=d.neighbours)
+    p.add_argument("--show", type=int, default=d.show, help="samples in neighbours.png")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_coverage)

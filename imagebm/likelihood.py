@@ -1,0 +1,187 @@
+"""Bounds on an image EBM's test log-likelihood by AIS (PAPER.md §3), in bits per dimension.
+
+An image EBM's density is unnormalised: ``log p(x) = -E(x) - log Z`` with
+``Z = ∫_[0,1]^D exp(-E(x)) dx`` over the run's data range. :func:`image_likelihood` estimates
+``log Z`` with :func:`trajebm.engine.likelihood.ais` (HMC transitions; the box handled by a
+sigmoid change of variables) and scores de-quantised test images: 8-bit pixels ``k`` become
+``x = (k + u) / 256``, ``u ~ U(0, 1)`` per pixel, so that ``E_u[log p(x)] - D log 256`` is a
+lower bound on the log-probability of the discrete image and
+``bits/dim = -(log p(x) - D log 256) / (D ln 2)`` (8 bits/dim is the uniform density).
+
+Which bound is which:
+
+* the forward AIS lower bound on ``log Z`` gives an **upper** bound on the log-likelihood
+  (a lower bound on bits/dim), valid in expectation whatever the chains' length;
+* the reverse AIS upper bound on ``log Z`` gives a **lower** bound on the log-likelihood
+  (an upper bound on bits/dim). Its reverse chains start at the de-quantised test images
+  (RAISE-style), which are data, not exact samples of the model, so this side is an
+  approximation, not a guarantee (see :mod:`trajebm.engine.likelihood`).
+
+A class-conditional run has one constant ``Z_y`` per class (contrastive training leaves
+each class's energy offset free, so ``exp(-E(x, y))`` has no meaningful joint normaliser).
+It is scored both ways: ``conditional`` is ``log p(x | y)`` at the test label, whose bounds
+are those above; ``marginal`` is ``log p(x) = log (1/K) Σ_y p(x | y)`` with a uniform class
+prior, its bounds the bounds of every ``log Z_y`` plugged in (the upper side is valid in
+expectation; the lower side is approximate as above and needs every class in the test
+subset). One AIS run covers every class (chains conditioned per class).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from imagebm.datasets import ImageData, dataset_spec, load_dataset
+from imagebm.train import ImageRun, ImageTrainConfig, load_image_run
+from trajebm.engine.errors import UsageError
+from trajebm.engine.likelihood import ais
+from trajebm.engine.runinfo import write_json, write_run_info
+
+LEVELS = 256
+"""Pixel levels of 8-bit images: the de-quantisation bin is 1/256 of the [0, 1] range."""
+INIT_STD = 1.6
+"""The AIS base N(0, INIT_STD²) in the sigmoid's coordinates: close to the logistic's spread
+(std 1.81), i.e. close to uniform on the pixel range."""
+
+
+def test_images(cfg: ImageTrainConfig, data_root: str | os.PathLike | None = None) -> ImageData:
+    """The run's held-out split (labels required only for a conditional run)."""
+    if "test" not in dataset_spec(cfg.dataset).splits:
+        raise UsageError(f"{cfg.dataset} has no test split to score")
+    data = load_dataset(cfg.dataset, data_root, "test", image_size=cfg.image_size,
+                        seed=cfg.train.seed, label_factor=cfg.label_factor)
+    if cfg.conditional and data.labels is None:
+        raise UsageError(f"{cfg.dataset} test images have no labels for a conditional run")
+    return data
+
+
+def dequantise(images: Tensor, generator: torch.Generator) -> Tensor:
+    """uint8 images as ``(k + U(0, 1)) / 256`` in (0, 1), one uniform draw per pixel."""
+    return (images.float() + torch.rand(images.shape, generator=generator)) / LEVELS
+
+
+def bits_per_dim(log_p: float, dim: int) -> float:
+    """Bits per dimension of a de-quantised density value ``log p`` (nats) on [0, 1]^dim."""
+    return -(log_p - dim * math.log(LEVELS)) / (dim * math.log(2))
+
+
+def _scores(log_p: dict[str, float | None], dim: int) -> dict[str, Any]:
+    """Mean log-likelihoods (nats per image) and the same in bits/dim (sides swapped)."""
+    bpd = {k: None if v is None else bits_per_dim(v, dim) for k, v in log_p.items()}
+    return {"log_likelihood_nats": log_p,
+            "bits_per_dim": {"estimate": bpd["estimate"], "lower": bpd["upper"],
+                             "upper": bpd["lower"]}}
+
+
+def image_likelihood(run: str | os.PathLike | ImageRun, *, num: int = 100, chains: int = 20,
+                     steps: int = 200, leapfrog_steps: int = 5, init_std: float = INIT_STD,
+                     data_root: str | os.PathLike | None = None, device: str = "cpu",
+                     seed: int = 0) -> dict[str, Any]:
+    """Bounds on the mean log-likelihood of ``num`` de-quantised test images of a run.
+
+    ``chains`` forward AIS chains (per class for a conditional run) of ``steps`` HMC
+    transitions with ``leapfrog_steps`` leapfrog steps estimate ``log Z``; the reverse chains
+    start at the scored images. Returns a JSON-ready report (module docstring for its parts).
+    """
+    if num < 1:
+        raise UsageError(f"num must be positive, got {num}")
+    run = run if isinstance(run, ImageRun) else load_image_run(run, device)
+    cfg = run.config
+    data = test_images(cfg, data_root)
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(data), generator=gen)[:num]
+    x = dequantise(data.images[pick], gen).to(device)
+    model = run.model.to(device).eval().requires_grad_(False)
+    shape, dim = tuple(x.shape[1:]), x[0].numel()
+    common = {"steps": steps, "leapfrog_steps": leapfrog_steps, "init_std": init_std,
+              "bounds": (0.0, 1.0), "target_samples": x, "seed": seed, "device": device}
+    report: dict[str, Any] = {
+        "run": str(run.path), "dataset": data.name, "test_images": len(x), "dimensions": dim,
+        "dequantisation": f"x = (k + u) / {LEVELS}, u ~ U(0, 1) per pixel",
+        "uniform_bits_per_dim": bits_per_dim(0.0, dim),
+        "reverse_chains_from": "the de-quantised test images (approximate upper bound on log Z)"}
+    if not model.conditional:
+        with torch.no_grad():
+            mean = float(-model(x).double().mean())
+        est = ais(model, shape, num_chains=chains, **common)
+        report["log_z"] = est.summary()
+        report["unconditional"] = _scores({"estimate": mean - est.log_z,
+                                           "upper": mean - est.lower,
+                                           "lower": mean - est.upper}, dim)
+        return report
+    k = model.config.num_classes
+    labels = data.labels[pick].to(device)
+    classes = torch.arange(k, device=device)
+    est = ais(model, shape, num_chains=k * chains, cond=classes.repeat_interleave(chains),
+              target_cond=labels, **common)
+    fwd = est.log_weights.view(k, chains)
+    log_z = torch.logsumexp(fwd, 1) - math.log(chains)
+    lower = fwd.mean(1)
+    rev = est.reverse_log_weights
+    upper = torch.tensor([float(-rev[labels.cpu() == y].mean()) for y in range(k)],
+                         dtype=torch.float64)  # NaN for a class absent from the images
+    with torch.no_grad():
+        neg_e = -model.class_energies(x).double().cpu()
+    own = neg_e.gather(1, labels.cpu().view(-1, 1)).squeeze(1)
+    y = labels.cpu()
+    report["log_z_per_class"] = {"estimate": log_z.tolist(), "lower": lower.tolist(),
+                                 "upper": upper.tolist(), "settings": est.settings,
+                                 "acceptance_rate": est.acceptance_rate}
+    report["conditional"] = _scores({"estimate": float((own - log_z[y]).mean()),
+                                     "upper": float((own - lower[y]).mean()),
+                                     "lower": float((own - upper[y]).mean())}, dim)
+
+    def marginal(z: Tensor) -> float:
+        return float((torch.logsumexp(neg_e - z, 1) - math.log(k)).mean())
+
+    report["marginal"] = _scores({"estimate": marginal(log_z), "upper": marginal(lower),
+                                  "lower": None if upper.isnan().any() else marginal(upper)},
+                                 dim)
+    report["class_prior"] = "uniform"
+    return report
+
+
+def run_likelihood(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory")
+    report = image_likelihood(args.run, num=args.num, chains=args.chains, steps=args.steps,
+                              leapfrog_steps=args.leapfrog_steps, init_std=args.init_std,
+                              data_root=args.data_root, device=args.device, seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "likelihood.json", report)
+    write_run_info(out, {k: v for k, v in vars(args).items() if k != "func"}, args.seed)
+    print(f"{report['dataset']} test, {report['test_images']} images, "
+          f"{report['dimensions']} dimensions (uniform: 8.000 bits/dim)")
+    for part in ("unconditional", "conditional", "marginal"):
+        if part in report:
+            b = report[part]["bits_per_dim"]
+            high = "n/a" if b["upper"] is None else f"{b['upper']:.3f}"
+            print(f"  {part:<13} bits/dim {b['estimate']:.3f} (bounds {b['lower']:.3f} .. "
+                  f"{high})")
+    print(f"wrote {out / 'likelihood.json'}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``imagebm likelihood``."""
+    p = subparsers.add_parser("likelihood", help="AIS bounds on the test log-likelihood "
+                              "(bits/dim) of an image EBM")
+    p.add_argument("--run", required=True, help="run folder from `imagebm train`")
+    p.add_argument("--out", required=True, help="folder for likelihood.json and run.json")
+    p.add_argument("--num", type=int, default=100, help="test images scored")
+    p.add_argument("--chains", type=int, default=20, help="AIS chains (per class if conditional)")
+    p.add_argument("--steps", type=int, default=200, help="AIS steps (HMC transitions)")
+    p.add_argument("--leapfrog-steps", type=int, default=5)
+    p.add_argument("--init-std", type=float, default=INIT_STD,
+                   help="std of the AIS base in the sigmoid's coordinates")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run_likelihood)

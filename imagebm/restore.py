@@ -1,0 +1,476 @@
+"""Restoring test images with a trained EBM: box inpainting, salt-and-pepper, cross-class mapping.
+
+PAPER.md §3. Each task corrupts held-out test images and runs Langevin dynamics on the run's
+energy from the corrupted image, with the run's evaluation sampler (its step, noise and
+evaluation gradient clip; final weights) for :data:`DEFAULT_STEPS` steps unless told:
+
+* ``inpaint``: a box (default the bottom half) is replaced by the run's chain-start noise and
+  only its pixels move (the engine's ``langevin(mask=...)``); the rest stays exactly as given.
+* ``saltpepper``: 5% of the pixels (all channels of a position) are set to 0.1 and another 5%
+  to 0.9. By default the model is told which pixels these are and only they move, as in
+  inpainting. With ``blind`` it is not: every pixel moves, with the smaller step of
+  :data:`imagebm.classify.REFINE_STEP_SIZE`, and the model must find the corrupted pixels by
+  their energy; the error on the untouched pixels is then reported too.
+* ``crossclass`` (conditional runs): a test image of class a is the start of a chain
+  conditioned on class b (default a + 1 mod K); every pixel moves.
+
+A conditional run restores under the marginal energy ``-logsumexp_y -E(x, y)`` (the image's
+free energy, so it is not told the label), or under ``E(x, y_true)`` with ``given_label``. The
+two references get the same information the model gets: the training mean image (the class's
+mean with ``given_label``) and the nearest training image on the visible pixels (of the same
+class with ``given_label``) fill the masked pixels. Scores are MSE and PSNR (peak 1) on the
+masked pixels. Cross-class mapping is judged by the dataset's domain classifier
+(:func:`imagebm.evaluate.domain_classifier`; digits, MNIST and dSprites): the fraction of
+results it assigns to class b (beside the same fraction for the unchanged sources), and the
+distance to the source image.
+
+``imagebm restore --run RUN --task TASK --out DIR`` writes ``originals.npy``,
+``corrupted.npy`` (the chains' starts), ``restored.npy``, ``masks.npy`` (1 = a pixel to fill;
+all ones for cross-class mapping), all float32 (N, C, H, W) in [0, 1], ``labels.npy`` (and
+``targets.npy``), ``restore.png`` (rows: original, corrupted, restored) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from imagebm.classify import REFINE_STEP_SIZE, test_split
+from imagebm.evaluate import DOMAIN_DATASETS, domain_classifier
+from imagebm.grid import save_grid
+from imagebm.models import ImageEBM
+from imagebm.sample import eval_mode
+from imagebm.train import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    ImageRun,
+    chain_init,
+    load_image_run,
+    load_training_data,
+)
+from trajebm.engine.device import resolve_device
+from trajebm.engine.errors import UsageError
+from trajebm.engine.runinfo import atomic_write_bytes, write_json, write_run_info
+from trajebm.engine.sampling import EnergyFn, LangevinConfig, langevin
+
+TASKS = ("inpaint", "saltpepper", "crossclass")
+SALT, PEPPER = 0.9, 0.1
+FIGURE_COLUMNS = 16
+DEFAULT_STEPS = {"inpaint": 30, "saltpepper": 30, "blind": 100, "crossclass": 10}
+"""Langevin steps per task (``blind``: salt-and-pepper, mask unknown, smaller step). Chosen on
+the CPU ``digits`` preset: longer chains at the run's step drift away from the visible pixels
+(inpainting) and turn a cross-class start into an unrelated sample of the target class."""
+
+
+@dataclass
+class RestoreConfig:
+    """One restoration experiment on ``num`` test images (see the module docstring).
+
+    ``box`` is (top, left, height, width) in pixels (None: the bottom half). ``fraction`` is the
+    share of pixels set to each of 0.1 and 0.9. ``source`` / ``target`` pick the cross-class
+    classes (None: test images of every class, each mapped to its class + 1 mod K).
+    ``step_size`` and ``grad_clip`` default to the run's evaluation sampler (blind
+    salt-and-pepper: :data:`REFINE_STEP_SIZE`), ``steps`` to :data:`DEFAULT_STEPS`.
+    ``chains`` > 1 (inpaint and salt-and-pepper with a known mask) runs that many chains per
+    image, each from fresh noise in the pixels to fill, and returns their mean: an estimate of
+    the posterior mean, the fill with the least expected squared error, which is what the
+    point-estimate references (mean image, nearest neighbour) are compared on.
+    """
+
+    task: str = "inpaint"
+    num: int = 64
+    steps: int | None = None
+    step_size: float | None = None
+    grad_clip: float | None = None
+    seed: int = 0
+    box: tuple[int, int, int, int] | None = None
+    fraction: float = 0.05
+    blind: bool = False
+    given_label: bool = False
+    source: int | None = None
+    target: int | None = None
+    chains: int = 1
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise UsageError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if self.steps is None:
+            self.steps = DEFAULT_STEPS["blind" if self.blind else self.task]
+        if self.num < 1 or self.steps < 0:
+            raise UsageError(f"need num >= 1 and steps >= 0, got {self.num} and {self.steps}")
+        if (self.step_size is not None and self.step_size <= 0) or (
+                self.grad_clip is not None and self.grad_clip <= 0):
+            raise UsageError("step_size and grad_clip must be positive")
+        if not 0 < self.fraction <= 0.5:
+            raise UsageError(f"fraction must be in (0, 0.5], got {self.fraction}")
+        if self.blind and self.task != "saltpepper":
+            raise UsageError("blind applies to the saltpepper task only")
+        if self.box is not None and self.task != "inpaint":
+            raise UsageError("a box applies to the inpaint task only")
+        if self.box is not None and (len(self.box) != 4 or min(self.box) < 0
+                                     or min(self.box[2:]) < 1):
+            raise UsageError(f"box must be (top, left, height, width) with top, left >= 0 and "
+                             f"height, width >= 1, got {self.box}")
+        if self.task != "crossclass" and (self.source is not None or self.target is not None):
+            raise UsageError("source and target classes apply to the crossclass task only")
+        if self.chains < 1 or (self.chains > 1 and (self.task == "crossclass" or self.blind)):
+            raise UsageError(f"chains must be >= 1, and > 1 only for inpaint or salt-and-pepper "
+                             f"with a known mask; got {self.chains}")
+        if self.task == "crossclass" and self.given_label:
+            raise UsageError("crossclass conditions on the target class; given_label does not "
+                             "apply")
+
+
+@dataclass
+class RestoreResult:
+    """Images (N, C, H, W) in [0, 1] on the CPU, masks (1 = pixel to fill), labels, scores."""
+
+    originals: Tensor
+    corrupted: Tensor
+    restored: Tensor
+    masks: Tensor
+    labels: Tensor | None
+    targets: Tensor | None
+    metrics: dict[str, Any]
+
+
+def box_mask(shape: tuple[int, int, int], box: tuple[int, int, int, int] | None = None) -> Tensor:
+    """A (C, H, W) mask of 1s in ``box`` = (top, left, height, width); None: the bottom half."""
+    c, h, w = shape
+    top, left, height, width = box if box is not None else (h // 2, 0, h - h // 2, w)
+    if top + height > h or left + width > w:
+        raise UsageError(f"box {(top, left, height, width)} does not fit {h}x{w} images")
+    mask = torch.zeros(shape)
+    mask[:, top:top + height, left:left + width] = 1.0
+    return mask
+
+
+def check_mask(mask: Tensor | np.ndarray, num: int, shape: tuple[int, int, int]) -> Tensor:
+    """A user mask as float (num, C, H, W) of 0/1: given as (H, W), (C, H, W) or (num, C, H, W)."""
+    m = torch.as_tensor(np.asarray(mask)).float()
+    c, h, w = shape
+    if m.ndim == 2:
+        m = m.unsqueeze(0)
+    if m.ndim == 3:
+        m = m.unsqueeze(0)
+    if m.ndim != 4 or m.shape[0] not in (1, num) or m.shape[1] not in (1, c) \
+            or tuple(m.shape[2:]) != (h, w):
+        raise UsageError(f"mask has shape {tuple(np.shape(mask))}; expected ({h}, {w}), "
+                         f"({c}, {h}, {w}) or ({num}, {c}, {h}, {w})")
+    if not bool(((m == 0) | (m == 1)).all()):
+        raise UsageError("mask values must be 0 (keep) or 1 (fill)")
+    m = m.expand(num, c, h, w).clone()
+    if not bool((m.flatten(1).sum(1) > 0).all()):
+        raise UsageError("the mask selects no pixel to fill in some image")
+    return m
+
+
+def salt_and_pepper(images: Tensor, fraction: float,
+                    generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Set ``fraction`` of each image's pixels to 0.1 and as many others to 0.9 (all channels);
+    return the corrupted images and the mask of those pixels."""
+    n, c, h, w = images.shape
+    k = max(1, round(fraction * h * w))
+    order = torch.argsort(torch.rand(n, h * w, generator=generator), dim=1)
+    value = torch.full((n, h * w), float("nan"))
+    value.scatter_(1, order[:, :k], PEPPER)
+    value.scatter_(1, order[:, k:2 * k], SALT)
+    value = value.view(n, 1, h, w).expand(n, c, h, w)
+    mask = (~value.isnan()).float()
+    return torch.where(mask > 0, value, images), mask
+
+
+def free_energy(model: ImageEBM) -> EnergyFn:
+    """The marginal energy ``-logsumexp_y -E(x, y)`` of a conditional model (labels ignored)."""
+
+    def energy(x: Tensor, cond: Tensor | None = None) -> Tensor:
+        return -torch.logsumexp(-model.class_energies(x), dim=1)
+
+    return energy
+
+
+def masked_scores(estimate: Tensor, truth: Tensor, mask: Tensor) -> dict[str, float]:
+    """MSE over the masked elements and the PSNR (peak 1) of that MSE."""
+    mse = float(((estimate - truth) ** 2 * mask).sum() / mask.sum().clamp_min(1))
+    return {"mse": mse, "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
+
+
+def nearest_visible(queries: Tensor, visible: Tensor, train: Tensor,
+                    allowed: Tensor | None = None, chunk: int = 4096) -> Tensor:
+    """Index of the training image nearest each query on its visible pixels (squared error).
+
+    ``allowed`` (N, M) bool restricts the candidates (e.g. to the query's class).
+    """
+    q, v = (queries * visible).flatten(1), visible.flatten(1)
+    best = torch.full((len(q),), float("inf"))
+    index = torch.zeros(len(q), dtype=torch.int64)
+    for start in range(0, len(train), chunk):
+        x = train[start:start + chunk].flatten(1)
+        d = (q * queries.flatten(1)).sum(1, keepdim=True) - 2 * q @ x.T + v @ (x * x).T
+        if allowed is not None:
+            d = d.masked_fill(~allowed[:, start:start + chunk], float("inf"))
+        value, idx = d.min(1)
+        better = value < best
+        best, index = torch.where(better, value, best), torch.where(better, idx + start, index)
+    return index
+
+
+def reference_fills(corrupted: Tensor, masks: Tensor, labels: Tensor | None, run: ImageRun,
+                    data_root: str | os.PathLike | None) -> dict[str, Tensor]:
+    """Mean-image and nearest-neighbour fills of the masked pixels (class-wise with labels)."""
+    data = load_training_data(run.config, data_root)
+    train = data.float()
+    if labels is None:
+        mean = train.mean(0, keepdim=True).expand_as(corrupted)
+        allowed = None
+    else:
+        means = torch.stack([train[data.labels == y].mean(0) if bool((data.labels == y).any())
+                             else train.mean(0) for y in range(run.model.config.num_classes)])
+        mean = means[labels]
+        allowed = labels[:, None] == data.labels[None, :]
+    nearest = train[nearest_visible(corrupted, 1 - masks, train, allowed)]
+    return {name: torch.where(masks > 0, fill, corrupted)
+            for name, fill in (("mean_fill", mean), ("nearest_neighbour", nearest))}
+
+
+def _pick(n_available: int, num: int, seed: int) -> Tensor:
+    if n_available < num:
+        raise UsageError(f"only {n_available} suitable test images, fewer than num={num}")
+    return torch.randperm(n_available, generator=torch.Generator().manual_seed(seed))[:num]
+
+
+def _crossclass_targets(cfg: RestoreConfig, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Indices of the chosen test images and their target classes."""
+    for name, value in (("source", cfg.source), ("target", cfg.target)):
+        if value is not None and not 0 <= value < k:
+            raise UsageError(f"{name} class {value} out of range: the run has {k} classes "
+                             f"(0..{k - 1})")
+    if cfg.source is not None and cfg.source == cfg.target:
+        raise UsageError("source and target classes must differ")
+    ok = torch.ones(len(labels), dtype=torch.bool)
+    if cfg.source is not None:
+        ok &= labels == cfg.source
+    if cfg.target is not None:
+        ok &= labels != cfg.target
+    candidates = ok.nonzero().squeeze(1)
+    chosen = candidates[_pick(len(candidates), cfg.num, cfg.seed)]
+    targets = (torch.full((cfg.num,), cfg.target) if cfg.target is not None
+               else (labels[chosen] + 1) % k)
+    return chosen, targets.long()
+
+
+def crossclass_scores(originals: Tensor, restored: Tensor, labels: Tensor, targets: Tensor,
+                      run: ImageRun, data_root: str | os.PathLike | None,
+                      cache_dir: str | os.PathLike | None, progress: bool) -> dict[str, Any]:
+    """Target-class fraction by the domain classifier (after and before) and source distance."""
+    diff = (restored - originals).flatten(1)
+    scores: dict[str, Any] = {"distance_to_source": {
+        "mse": float(diff.pow(2).mean()), "l2_mean": float(diff.norm(dim=1).mean())}}
+    if run.config.dataset not in DOMAIN_DATASETS:
+        scores["classifier"] = (f"none: no domain classifier for {run.config.dataset} "
+                                f"(only for {', '.join(DOMAIN_DATASETS)})")
+        return scores
+    classifier = domain_classifier(run.config, data_root, cache_dir, progress)
+    if classifier.config.num_classes != run.model.config.num_classes:
+        raise UsageError(f"the domain classifier knows {classifier.config.num_classes} classes, "
+                         f"the run {run.model.config.num_classes}; cannot judge the mapping")
+    with torch.no_grad():
+        after, before = classifier(restored).argmax(1).cpu(), classifier(originals).argmax(1).cpu()
+    scores.update(classifier="domain classifier (imagebm.evaluate.domain_classifier)",
+                  target_fraction=float((after == targets).float().mean()),
+                  target_fraction_of_sources=float((before == targets).float().mean()),
+                  source_fraction=float((after == labels).float().mean()),
+                  source_accuracy=float((before == labels).float().mean()))
+    return scores
+
+
+def _sampler(run: ImageRun, cfg: RestoreConfig) -> LangevinConfig:
+    rc = run.config
+    step = cfg.step_size or (REFINE_STEP_SIZE if cfg.blind else rc.train.sampler.step_size)
+    clip = cfg.grad_clip if cfg.grad_clip is not None else rc.eval_grad_clip
+    return replace(rc.train.sampler, steps=cfg.steps, step_size=step, step_size_end=None,
+                   grad_clip=clip, bounds=(0.0, 1.0))
+
+
+def restore(run: ImageRun | str | os.PathLike, config: RestoreConfig | None = None, *,
+            mask: Tensor | np.ndarray | None = None, data_root: str | os.PathLike | None = None,
+            cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
+            progress: bool = True) -> RestoreResult:
+    """Corrupt ``config.num`` test images per ``config.task``, restore them, score the result.
+
+    ``mask`` (inpaint only; (H, W), (C, H, W) or (num, C, H, W) of 0/1, 1 = fill) replaces the
+    box. Every input is checked before any work: bad ones raise :class:`UsageError`.
+    """
+    cfg = config or RestoreConfig()
+    device = resolve_device(device)
+    run = run if isinstance(run, ImageRun) else load_image_run(run, device)
+    model, k = run.model.to(device), run.model.config.num_classes
+    shape = (model.config.channels, model.config.image_size, model.config.image_size)
+    if mask is not None and (cfg.task != "inpaint" or cfg.box is not None):
+        raise UsageError("a user mask applies to the inpaint task only, instead of a box")
+    if k == 0 and (cfg.task == "crossclass" or cfg.given_label):
+        raise UsageError(f"{'crossclass' if cfg.task == 'crossclass' else 'given_label'} needs "
+                         f"a class-conditional run; this run's model is unconditional")
+    masks = check_mask(mask, cfg.num, shape) if mask is not None else None
+    box = box_mask(shape, cfg.box) if cfg.task == "inpaint" and masks is None else None
+    test = test_split(run.config, data_root)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    targets = None
+    if cfg.task == "crossclass":
+        chosen, targets = _crossclass_targets(cfg, test.labels, k)
+    else:
+        chosen = _pick(len(test), cfg.num, cfg.seed)
+    originals, labels = test.float(chosen), test.labels[chosen]
+    if cfg.task == "inpaint":
+        masks = masks if masks is not None else box.expand(cfg.num, *shape).clone()
+        noise = chain_init(run.config.init, shape)(cfg.num, None, generator)
+        corrupted = torch.where(masks > 0, noise, originals)
+    elif cfg.task == "saltpepper":
+        corrupted, masks = salt_and_pepper(originals, cfg.fraction, generator)
+    else:
+        corrupted, masks = originals.clone(), torch.ones_like(originals)
+    update = None if cfg.task == "crossclass" or cfg.blind else masks
+    if k == 0:
+        energy, cond = model, None
+    elif cfg.task == "crossclass":
+        energy, cond = model, targets
+    elif cfg.given_label:
+        energy, cond = model, labels
+    else:
+        energy, cond = free_energy(model), None
+    sampler = _sampler(run, cfg)
+    torch.manual_seed(cfg.seed)
+    starts = [corrupted] + [  # further chains start from fresh noise where pixels are filled
+        torch.where(masks > 0, chain_init(run.config.init, shape)(cfg.num, None, generator),
+                    corrupted) for _ in range(cfg.chains - 1)]
+    with eval_mode([model]):
+        restored = torch.stack([
+            langevin(energy, start.to(device), None if cond is None else cond.to(device),
+                     sampler, mask=None if update is None else update.to(device)).cpu()
+            for start in starts]).mean(0)
+    if update is not None:  # frozen pixels are returned as given, bit for bit
+        restored = torch.where(update > 0, restored, corrupted)
+    metrics: dict[str, Any] = {
+        "task": cfg.task, "run": str(run.path), "dataset": run.config.dataset, "num": cfg.num,
+        "config": asdict(cfg), "sampler": asdict(sampler),
+        "energy": ("E(x)" if k == 0 else "E(x, target)" if cfg.task == "crossclass"
+                   else "E(x, true label)" if cfg.given_label else "-logsumexp_y -E(x, y)"),
+        "masked_fraction": float(masks.mean())}
+    if cfg.task == "crossclass":
+        metrics.update(crossclass_scores(originals, restored, labels, targets, run, data_root,
+                                         cache_dir, progress))
+    else:
+        refs = reference_fills(corrupted, masks, labels if cfg.given_label else None, run,
+                               data_root)
+        metrics["mask_known"] = not cfg.blind
+        metrics["scores"] = {name: masked_scores(x, originals, masks) for name, x in
+                             (("ebm", restored), ("corrupted", corrupted), *refs.items())}
+        if cfg.blind:
+            metrics["ebm_unmasked_mse"] = masked_scores(restored, originals, 1 - masks)["mse"]
+    return RestoreResult(originals, corrupted, restored, masks, labels, targets, metrics)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_restore(out_dir: str | os.PathLike, result: RestoreResult) -> Path:
+    """Write the arrays, ``restore.png`` and ``metrics.json`` of ``result`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("originals", "corrupted", "restored", "masks"):
+        _save_npy(out / f"{name}.npy", getattr(result, name).numpy().astype(np.float32))
+    for name in ("labels", "targets"):
+        if getattr(result, name) is not None:
+            _save_npy(out / f"{name}.npy", getattr(result, name).numpy())
+    n = min(FIGURE_COLUMNS, len(result.originals))
+    rows = [result.originals[:n], result.corrupted[:n], result.restored[:n]]
+    save_grid(torch.cat(rows), out / "restore.png", nrow=n)
+    write_json(out / "metrics.json", result.metrics)
+    return out
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    if "scores" in metrics:
+        lines = [f"  {name:<18} MSE {s['mse']:.4f}  PSNR {s['psnr']:.2f} dB"
+                 for name, s in metrics["scores"].items()]
+        if "ebm_unmasked_mse" in metrics:
+            lines.append(f"  ebm on the untouched pixels: MSE {metrics['ebm_unmasked_mse']:.4f}")
+        return "\n".join(lines)
+    lines = [f"  distance to source: MSE {metrics['distance_to_source']['mse']:.4f}"]
+    if "target_fraction" in metrics:
+        lines.append(f"  classified as the target: {metrics['target_fraction']:.3f} "
+                     f"(sources: {metrics['target_fraction_of_sources']:.3f})")
+    return "\n".join(lines)
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory")
+    if (out / MODEL_FILE).exists() or (out / CHECKPOINT_FILE).exists():
+        raise UsageError(f"{out} is a training run's folder; write to a subfolder such as "
+                         f"{out / args.task}")
+    mask = None
+    if args.mask is not None:
+        try:
+            mask = np.load(args.mask)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{args.mask}: not a readable .npy mask ({type(err).__name__})"
+                             ) from None
+    cfg = RestoreConfig(task=args.task, num=args.num, steps=args.steps, step_size=args.step_size,
+                        seed=args.seed, box=tuple(args.box) if args.box else None,
+                        blind=args.blind, given_label=args.given_label, source=args.source,
+                        target=args.target, chains=args.chains)
+    result = restore(args.run, cfg, mask=mask, data_root=args.data_root, device=args.device,
+                     progress=not args.quiet)
+    write_restore(out, result)
+    write_run_info(out, cfg, cfg.seed, run=str(args.run), mask=args.mask)
+    print(f"{cfg.task} on {cfg.num} test images ({result.metrics['energy']})")
+    print(_summary(result.metrics))
+    print(f"wrote {out / 'restored.npy'}, {out / 'restore.png'} and {out / 'metrics.json'}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``imagebm restore``."""
+    d = RestoreConfig()
+    p = subparsers.add_parser("restore", help="inpainting, salt-and-pepper restoration and "
+                              "cross-class mapping of test images by Langevin dynamics")
+    p.add_argument("--run", required=True, help="run folder from `imagebm train`")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--num", type=int, default=d.num, help="test images to restore")
+    p.add_argument("--chains", type=int, default=1,
+                   help="chains per image, averaged (the posterior mean; inpaint, saltpepper)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"Langevin steps (default per task: {DEFAULT_STEPS})")
+    p.add_argument("--step-size", type=float, default=None,
+                   help=f"Langevin step (default: the run's; blind: {REFINE_STEP_SIZE})")
+    p.add_argument("--box", type=int, nargs=4, default=None,
+                   metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"),
+                   help="inpaint: the box to fill (default: the bottom half)")
+    p.add_argument("--mask", default=None, metavar="FILE.npy",
+                   help="inpaint: 0/1 array, 1 = fill; (H, W), (C, H, W) or (N, C, H, W)")
+    p.add_argument("--blind", action="store_true",
+                   help="saltpepper: do not tell the model which pixels are corrupted")
+    p.add_argument("--given-label", action="store_true",
+                   help="conditional runs: restore under E(x, true label), not the free energy")
+    p.add_argument("--source", type=int, default=None, help="crossclass: source class")
+    p.add_argument("--target", type=int, default=None,
+                   help="crossclass: target class (default: source + 1 mod K)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_restore)

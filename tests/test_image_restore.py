@@ -1,0 +1,160 @@
+"""Restoring test images: inpainting, salt-and-pepper, cross-class mapping, and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from imagebm.cli import main
+from imagebm.datasets import load_dataset
+from imagebm.metrics import train_domain_classifier
+from imagebm.restore import (
+    RestoreConfig,
+    box_mask,
+    check_mask,
+    nearest_visible,
+    restore,
+    salt_and_pepper,
+)
+from imagebm.train import load_image_run, preset, train_images
+from trajebm.engine.errors import UsageError
+
+
+def tiny_run(out, conditional: bool = True):
+    cfg = preset("digits", steps=3, conditional=conditional, checkpoint_every=1000,
+                 snapshot_every=1000)
+    train_images(replace(cfg, train=replace(cfg.train, sampler=replace(cfg.train.sampler,
+                                                                          steps=2))),
+                 out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("restore") / "run")
+
+
+@pytest.fixture(scope="module")
+def data_home(tmp_path_factory):
+    """A data root whose classifier cache holds a quickly trained digits classifier."""
+    root = tmp_path_factory.mktemp("data")
+    train = load_dataset("digits")
+    train_domain_classifier(train.float(), train.labels, 10, steps=40, seed=0).save(
+        root / "classifiers" / "digits-8px-labels.pt")
+    return root
+
+
+def test_inpainting_never_changes_unmasked_pixels(run):
+    cfg = RestoreConfig(task="inpaint", num=6, steps=4, box=(1, 2, 3, 4))
+    r = restore(run, cfg, progress=False)
+    keep = r.masks == 0
+    assert torch.equal(r.masks[0, 0], box_mask((1, 8, 8), (1, 2, 3, 4))[0])
+    assert torch.equal(r.restored[keep], r.originals[keep])
+    assert torch.equal(r.corrupted[keep], r.originals[keep])
+    assert not torch.equal(r.restored[~keep], r.corrupted[~keep])  # the box did move
+    assert r.restored.min() >= 0 and r.restored.max() <= 1
+    scores = r.metrics["scores"]
+    assert set(scores) == {"ebm", "corrupted", "mean_fill", "nearest_neighbour"}
+    assert r.metrics["energy"] == "-logsumexp_y -E(x, y)"
+    user = torch.zeros(8, 8)
+    user[::2, ::3] = 1
+    r2 = restore(run, replace(cfg, box=None, given_label=True), mask=user, progress=False)
+    keep = r2.masks == 0
+    assert torch.equal(r2.restored[keep], r2.originals[keep])
+    assert r2.metrics["energy"] == "E(x, true label)"
+    mean = restore(run, replace(cfg, chains=3), progress=False)  # the mean of three chains
+    keep = mean.masks == 0
+    assert torch.equal(mean.restored[keep], mean.originals[keep])
+    assert not torch.equal(mean.restored[~keep], r.restored[~keep])
+
+
+def test_salt_and_pepper_sets_the_papers_values():
+    x = torch.full((3, 2, 10, 10), 0.5)
+    y, mask = salt_and_pepper(x, 0.05, torch.Generator().manual_seed(0))
+    assert torch.equal(mask[:, 0], mask[:, 1])  # a pixel is all its channels
+    assert (mask[:, 0].flatten(1).sum(1) == 10).all()  # 5 to 0.1 and 5 to 0.9 of 100
+    assert ((y == 0.1).flatten(1).sum(1) == 10).all() and ((y == 0.9).flatten(1).sum(1) == 10).all()
+    assert torch.equal(y[mask == 0], x[mask == 0])
+
+
+def test_nearest_visible_ignores_masked_pixels():
+    train = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
+    query = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])  # top row like image 1, bottom like 0
+    top = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    assert nearest_visible(query, top, train).tolist() == [1]
+    assert nearest_visible(query, 1 - top, train).tolist() == [0]
+    assert nearest_visible(query, top, train, torch.tensor([[True, False]])).tolist() == [0]
+
+
+def test_saltpepper_known_and_blind(run):
+    known = restore(run, RestoreConfig(task="saltpepper", num=5, steps=3), progress=False)
+    assert abs(known.metrics["masked_fraction"] - 6 / 64) < 1e-6  # 3 + 3 of 64 pixels
+    keep = known.masks == 0
+    assert torch.equal(known.restored[keep], known.originals[keep])
+    blind = restore(run, RestoreConfig(task="saltpepper", num=5, steps=3, blind=True),
+                    progress=False)
+    assert not blind.metrics["mask_known"] and "ebm_unmasked_mse" in blind.metrics
+    assert blind.metrics["sampler"]["step_size"] == 1.0
+
+
+def test_cli_restore_writes_arrays_figure_and_metrics(run, data_home, tmp_path, monkeypatch,
+                                                      capsys):
+    monkeypatch.setenv("IMAGEBM_DATA", str(data_home))
+    for task in ("inpaint", "saltpepper", "crossclass"):
+        out = tmp_path / task
+        extra = ["--source", "3", "--target", "5"] if task == "crossclass" else []
+        assert main(["restore", "--run", str(run), "--task", task, "--out", str(out), "--num",
+                     "4", "--steps", "2", "--quiet", *extra]) == 0
+        arrays = {n: np.load(out / f"{n}.npy")
+                  for n in ("originals", "corrupted", "restored", "masks")}
+        for name, a in arrays.items():
+            assert a.shape == (4, 1, 8, 8) and a.dtype == np.float32, name
+            assert a.min() >= 0 and a.max() <= 1, name
+        assert (out / "restore.png").stat().st_size > 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["task"] == task
+    assert set(np.unique(np.load(tmp_path / "inpaint" / "masks.npy"))) == {0.0, 1.0}
+    assert (np.load(tmp_path / "crossclass" / "labels.npy") == 3).all()
+    assert (np.load(tmp_path / "crossclass" / "targets.npy") == 5).all()
+    assert 0 <= metrics["target_fraction"] <= 1 and metrics["distance_to_source"]["mse"] >= 0
+    assert "PSNR" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "crossclass", "--target", "10"], "target class 10 out of range"),
+    (["--task", "crossclass", "--source", "-1"], "source class -1 out of range"),
+    (["--task", "inpaint", "--box", "6", "0", "4", "8"], "does not fit"),
+    (["--task", "inpaint", "--mask", "BADSHAPE"], "mask has shape"),
+    (["--task", "inpaint", "--mask", "NOT01"], "0 \\(keep\\) or 1"),
+    (["--task", "saltpepper", "--box", "0", "0", "2", "2"], "inpaint task only"),
+    (["--task", "inpaint", "--blind"], "saltpepper task only"),
+    (["--task", "inpaint", "--num", "0"], "num >= 1"),
+])
+def test_cli_bad_input_exits_2_and_writes_nothing(run, tmp_path, capsys, args, message):
+    np.save(tmp_path / "badshape.npy", np.ones((3, 8, 8), np.float32))
+    np.save(tmp_path / "not01.npy", np.full((8, 8), 0.5, np.float32))
+    args = [str(tmp_path / f"{a.lower()}.npy") if a in ("BADSHAPE", "NOT01") else a
+            for a in args]
+    out = tmp_path / "nothing"
+    assert main(["restore", "--run", str(run), "--out", str(out), "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_unconditional_run_refuses_crossclass_but_inpaints(tmp_path, capsys):
+    uncond = tiny_run(tmp_path / "uncond", conditional=False)
+    out = tmp_path / "nothing"
+    assert main(["restore", "--run", str(uncond), "--task", "crossclass", "--out", str(out),
+                 "--quiet"]) == 2
+    assert "class-conditional" in capsys.readouterr().err and not out.exists()
+    r = restore(load_image_run(uncond), RestoreConfig(num=3, steps=2), progress=False)
+    assert r.metrics["energy"] == "E(x)"
+    with pytest.raises(UsageError, match="0 \\(keep\\) or 1"):
+        check_mask(np.full((8, 8), 2.0), 3, (1, 8, 8))

@@ -127,7 +127,8 @@ def test_split(cfg: ImageTrainConfig, data_root: str | os.PathLike | None = None
     if "test" not in dataset_spec(cfg.dataset).splits:
         raise UsageError(f"{cfg.dataset} has no test split to classify")
     data = load_dataset(cfg.dataset, data_root, "test", image_size=cfg.image_size,
-                        seed=cfg.train.seed, label_factor=cfg.label_factor)
+                        seed=cfg.train.seed, label_factor=cfg.label_factor,
+                        factor_bins=cfg.factor_bins)
     if data.labels is None:
         raise UsageError(f"{cfg.dataset} test images have no labels (set label_factor)")
     return data

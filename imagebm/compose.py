@@ -19,7 +19,6 @@ compositional generalisation. ``imagebm compose-experiment --out DIR`` runs it a
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import os
 import time
@@ -42,18 +41,23 @@ from imagebm.datasets import (
 from imagebm.grid import save_grid
 from imagebm.metrics import DomainClassifier, train_domain_classifier
 from imagebm.train import (
-    CHECKPOINT_FILE,
     MODEL_FILE,
     ImageRun,
     ImageTrainConfig,
     chain_init,
     load_image_run,
+    output_folder,
     preset,
     train_images,
 )
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
-from trajebm.engine.runinfo import atomic_write_bytes, jsonable, write_json, write_run_info
+from trajebm.engine.runinfo import (
+    atomic_save_npy,
+    jsonable,
+    write_json,
+    write_run_info,
+)
 from trajebm.engine.sampling import Expert, langevin
 
 
@@ -143,31 +147,15 @@ def compose_images(runs: Sequence[ImageRun | str | os.PathLike], labels: Sequenc
     return langevin(experts, x.to(device), None, sampler).cpu()
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _output_folder(out_dir: str | os.PathLike) -> Path:
-    """``out_dir`` if samples may be written there (not a file, not a training run)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory")
-    if (out / MODEL_FILE).exists() or (out / CHECKPOINT_FILE).exists():
-        raise UsageError(f"{out} is a training run's folder; write the samples elsewhere")
-    return out
-
-
 def run_compose(args: argparse.Namespace) -> int:
-    out = _output_folder(args.out)
+    out = output_folder(args.out, "composed")
     cfg = ComposeConfig(num=args.num, steps=args.steps, grad_clip=args.grad_clip,
                         temperature=args.temperature, seed=args.seed)
     runs = [load_image_run(r) for r in args.runs]
     check_composable(runs, args.labels, cfg.num)  # before anything is written
     images = compose_images(runs, args.labels, cfg, args.device)
     out.mkdir(parents=True, exist_ok=True)
-    _save_npy(out / "samples.npy", images.numpy().astype(np.float32))
+    atomic_save_npy(images.numpy().astype(np.float32), out / "samples.npy")
     save_grid(images[:256], out / "samples.png")
     write_run_info(out, cfg, cfg.seed, runs=[str(r) for r in args.runs], labels=args.labels)
     print(f"wrote {len(images)} composed samples to {out / 'samples.npy'} and "

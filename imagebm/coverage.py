@@ -18,8 +18,10 @@ Three checks, each with a number beside its figure:
   classes predicted at least once, the perplexity of the predicted class distribution over the
   number of classes (1 = uniform), and the same for as many test images (the floor).
 
-Samples come from :func:`imagebm.sample.sample_images` (the paper's evaluation sampler) or a
-given ``samples.npy``. ``imagebm coverage --run RUN --out DIR`` writes ``coverage.json``,
+Samples come from :func:`imagebm.sample.sample_images` with the paper's evaluation sampler
+(``SampleConfig.paper``: sharp, low-temperature samples, the ones a memorisation check needs;
+the default fresh samples carry the sampler's noise and are far from everything) or a given
+``samples.npy``. ``imagebm coverage --run RUN --out DIR`` writes ``coverage.json``,
 ``energies.png``, ``neighbours.png`` (per row: a sample, its pixel-space neighbours, a blank,
 its feature-space neighbours) and, when it sampled them, ``samples.npy``.
 """
@@ -27,7 +29,6 @@ its feature-space neighbours) and, when it sampled them, ``samples.npy``.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,10 +45,15 @@ from imagebm.grid import save_grid
 from imagebm.metrics import DomainClassifier
 from imagebm.models import ImageEBM
 from imagebm.sample import SampleConfig, eval_mode, sample_images
-from imagebm.train import CHECKPOINT_FILE, MODEL_FILE, ImageRun, load_image_run, load_training_data
+from imagebm.train import (
+    ImageRun,
+    load_image_run,
+    load_training_data,
+    output_folder,
+)
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
-from trajebm.engine.runinfo import atomic_write_bytes, write_json, write_run_info
+from trajebm.engine.runinfo import atomic_save_npy, write_json, write_run_info
 
 HIST_BINS = 40
 NEAR_COPY_QUANTILE = 0.05
@@ -58,7 +64,7 @@ class CoverageConfig:
     """``sample``: how samples are drawn when none are given; ``neighbours`` per sample and
     ``show`` samples in the figure; ``limit``: at most this many images per split are scored."""
 
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(num=256))
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig.paper(num=256))
     neighbours: int = 5
     show: int = 8
     limit: int = 2000
@@ -257,16 +263,12 @@ def save_neighbours(result: CoverageResult, show: int, path: Path) -> Path:
 
 
 def run_coverage(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory")
-    if (out / MODEL_FILE).exists() or (out / CHECKPOINT_FILE).exists():
-        raise UsageError(f"{out} is a training run's folder; write to a subfolder such as "
-                         f"{out / 'coverage'}")
+    out = output_folder(args.out, "coverage")
     samples = labels = None
     if args.samples is not None:
         samples, labels = load_samples(args.samples)
-    cfg = CoverageConfig(sample=SampleConfig(num=args.num, chunks=args.chunks, seed=args.seed),
+    cfg = CoverageConfig(sample=SampleConfig.paper(num=args.num, chunks=args.chunks,
+                                                   seed=args.seed),
                          neighbours=args.neighbours, show=args.show, seed=args.seed)
     result = coverage(args.run, samples, cfg, sample_labels=labels, data_root=args.data_root,
                       device=args.device, progress=not args.quiet)
@@ -275,9 +277,7 @@ def run_coverage(args: argparse.Namespace) -> int:
     save_energy_histograms(result, out / "energies.png")
     save_neighbours(result, cfg.show, out / "neighbours.png")
     if samples is None:
-        buf = io.BytesIO()
-        np.save(buf, result.samples.numpy().astype(np.float32))
-        atomic_write_bytes(out / "samples.npy", buf.getvalue())
+        atomic_save_npy(result.samples.numpy().astype(np.float32), out / "samples.npy")
     write_run_info(out, cfg, cfg.seed, run=str(args.run), samples=args.samples)
     e, nn = result.metrics["energies"], result.metrics["nearest_neighbours"]
     print(f"energies ({result.metrics['energy']}), {e['n']} images per split: train "

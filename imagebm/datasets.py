@@ -46,6 +46,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -486,7 +487,8 @@ def check_factors(label_factor: str | None, bins: FactorBins | None,
     if label_factor is not None:
         label_parts(label_factor)
     for f, k in (bins or {}).items():
-        if f not in FACTOR_GRID or not 1 <= int(k) <= len(FACTOR_GRID[f]):
+        if f not in FACTOR_GRID or isinstance(k, bool) or not isinstance(k, Integral) \
+                or not 1 <= k <= len(FACTOR_GRID[f]):
             raise UsageError(f"factor_bins: {f!r} must be a factor of {', '.join(FACTOR_GRID)} "
                              f"with 1 to its grid size bins, got {k!r}")
     for combo in hold_out:
@@ -494,7 +496,8 @@ def check_factors(label_factor: str | None, bins: FactorBins | None,
             raise UsageError(f"hold_out entries are non-empty mappings factor -> value, got "
                              f"{combo!r}")
         for f, v in combo.items():
-            if f not in FACTOR_GRID or not 0 <= int(v) < factor_classes(f, bins):
+            if f not in FACTOR_GRID or isinstance(v, bool) or not isinstance(v, Integral) \
+                    or not 0 <= v < factor_classes(f, bins):
                 raise UsageError(f"hold_out {dict(combo)}: {f!r} must be a factor of "
                                  f"{', '.join(FACTOR_GRID)} with a value below its bins")
 

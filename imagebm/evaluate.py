@@ -41,7 +41,7 @@ def _split(cfg: ImageTrainConfig, data_root: str | os.PathLike | None, split: st
     if split not in dataset_spec(cfg.dataset).splits:
         split, seed = "train", seed + 1
     return load_dataset(cfg.dataset, data_root, split, image_size=cfg.image_size, limit=limit,
-                        seed=seed, label_factor=label_factor)
+                        seed=seed, label_factor=label_factor, factor_bins=cfg.factor_bins)
 
 
 def classifier_factor(cfg: ImageTrainConfig) -> str | None:
@@ -58,7 +58,8 @@ def domain_classifier(cfg: ImageTrainConfig, data_root: str | os.PathLike | None
     factor = classifier_factor(cfg)
     size = cfg.model.image_size
     cache = Path(cache_dir) if cache_dir is not None else default_root() / "classifiers"
-    path = cache / f"{cfg.dataset}-{size}px-{factor or 'labels'}.pt"
+    bins = "".join(f"-{k}{v}bins" for k, v in sorted((cfg.factor_bins or {}).items()))
+    path = cache / f"{cfg.dataset}-{size}px-{factor or 'labels'}{bins}.pt"
     if path.exists():
         return DomainClassifier.load(path)
     data = _split(cfg, data_root, "train", 20_000, 0, factor)

@@ -31,14 +31,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from imagebm.datasets import ImageData, dataset_spec, load_dataset
-from imagebm.train import ImageRun, ImageTrainConfig, load_image_run
+from imagebm.train import ImageRun, ImageTrainConfig, load_image_run, output_folder
 from trajebm.engine.errors import UsageError
 from trajebm.engine.likelihood import ais
 from trajebm.engine.runinfo import write_json, write_run_info
@@ -55,7 +54,8 @@ def test_images(cfg: ImageTrainConfig, data_root: str | os.PathLike | None = Non
     if "test" not in dataset_spec(cfg.dataset).splits:
         raise UsageError(f"{cfg.dataset} has no test split to score")
     data = load_dataset(cfg.dataset, data_root, "test", image_size=cfg.image_size,
-                        seed=cfg.train.seed, label_factor=cfg.label_factor)
+                        seed=cfg.train.seed, label_factor=cfg.label_factor,
+                        factor_bins=cfg.factor_bins)
     if cfg.conditional and data.labels is None:
         raise UsageError(f"{cfg.dataset} test images have no labels for a conditional run")
     return data
@@ -148,9 +148,7 @@ def image_likelihood(run: str | os.PathLike | ImageRun, *, num: int = 100, chain
 
 
 def run_likelihood(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory")
+    out = output_folder(args.out, "likelihood")
     report = image_likelihood(args.run, num=args.num, chains=args.chains, steps=args.steps,
                               leapfrog_steps=args.leapfrog_steps, init_std=args.init_std,
                               data_root=args.data_root, device=args.device, seed=args.seed)

@@ -33,7 +33,6 @@ all ones for cross-class mapping), all float32 (N, C, H, W) in [0, 1], ``labels.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -49,16 +48,15 @@ from imagebm.grid import save_grid
 from imagebm.models import ImageEBM
 from imagebm.sample import eval_mode
 from imagebm.train import (
-    CHECKPOINT_FILE,
-    MODEL_FILE,
     ImageRun,
     chain_init,
     load_image_run,
     load_training_data,
+    output_folder,
 )
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
-from trajebm.engine.runinfo import atomic_write_bytes, write_json, write_run_info
+from trajebm.engine.runinfo import atomic_save_npy, write_json, write_run_info
 from trajebm.engine.sampling import EnergyFn, LangevinConfig, langevin
 
 TASKS = ("inpaint", "saltpepper", "crossclass")
@@ -378,21 +376,15 @@ def restore(run: ImageRun | str | os.PathLike, config: RestoreConfig | None = No
     return RestoreResult(originals, corrupted, restored, masks, labels, targets, metrics)
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def write_restore(out_dir: str | os.PathLike, result: RestoreResult) -> Path:
     """Write the arrays, ``restore.png`` and ``metrics.json`` of ``result`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("originals", "corrupted", "restored", "masks"):
-        _save_npy(out / f"{name}.npy", getattr(result, name).numpy().astype(np.float32))
+        atomic_save_npy(getattr(result, name).numpy().astype(np.float32), out / f"{name}.npy")
     for name in ("labels", "targets"):
         if getattr(result, name) is not None:
-            _save_npy(out / f"{name}.npy", getattr(result, name).numpy())
+            atomic_save_npy(getattr(result, name).numpy(), out / f"{name}.npy")
     n = min(FIGURE_COLUMNS, len(result.originals))
     rows = [result.originals[:n], result.corrupted[:n], result.restored[:n]]
     save_grid(torch.cat(rows), out / "restore.png", nrow=n)
@@ -415,12 +407,7 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory")
-    if (out / MODEL_FILE).exists() or (out / CHECKPOINT_FILE).exists():
-        raise UsageError(f"{out} is a training run's folder; write to a subfolder such as "
-                         f"{out / args.task}")
+    out = output_folder(args.out, args.task)
     mask = None
     if args.mask is not None:
         try:

@@ -282,6 +282,18 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | os.PathLike,
     return model
 
 
+def output_folder(out_dir: str | os.PathLike, subfolder: str) -> Path:
+    """``out_dir`` if a command may write there: not a file, not a training run's folder (whose
+    ``run.json`` it would overwrite); the error suggests ``out_dir/subfolder``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory")
+    if (out / MODEL_FILE).exists() or (out / CHECKPOINT_FILE).exists():
+        raise UsageError(f"{out} is a training run's folder; write to a subfolder such as "
+                         f"{out / subfolder}")
+    return out
+
+
 def save_image_model(model: ImageEBM, cfg: ImageTrainConfig, dataset: dict[str, Any],
                      path: str | os.PathLike, **meta: Any) -> Path:
     """Write weights, the run config and dataset facts to one model file (see load_image_run)."""

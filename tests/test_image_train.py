@@ -138,7 +138,7 @@ def test_run_files_hold_the_composed_config_and_load_back(tmp_path, trained):
 def test_sampling_with_snapshot_ensemble_writes_grid_array_and_gif(tmp_path, trained):
     run = load_image_run(trained[0])
     assert len(list((trained[0] / "snapshots").glob("*.pt"))) == 3
-    cfg = SampleConfig(num=24, chunks=3, chunk_steps=4, labels=[3, 7], gif_frames=8)
+    cfg = SampleConfig(num=24, chunks=3, chunk_steps=4, labels=[3, 7], gif_frames=8, ensemble=3)
     x, y, frames = sample_images(run, cfg, progress=False)
     assert x.shape == (24, 1, 8, 8) and 0 <= x.min() and x.max() <= 1
     assert y.tolist() == [3, 7] * 12 and len(frames) == 3

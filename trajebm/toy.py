@@ -282,6 +282,8 @@ def grid_log_z(model: nn.Module, low: float, high: float, dim: int,
     The midpoint rule's error falls as the cell width squared, so the difference to the grid
     of half the points, divided by 3 (Richardson), estimates the error of the finer one.
     """
+    if points < 4 or points % 2:
+        raise UsageError(f"grid points must be an even number >= 4, got {points}")
     fine, coarse = (energy_grid(model, low, high, dim, n) for n in (points, points // 2))
     return fine, abs(fine.log_z - coarse.log_z) / 3
 

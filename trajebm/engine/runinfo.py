@@ -116,6 +116,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def atomic_save_npy(array: Any, path: str | os.PathLike) -> Path:
+    """``numpy.save`` to ``path`` atomically (temp file, fsync, rename): never half-written."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically (temp file, fsync, rename): never half-written."""
     buf = io.BytesIO()

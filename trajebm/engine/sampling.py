@@ -126,7 +126,7 @@ def textbook_to_paper(eta: float, temperature: float = 1.0) -> tuple[float, floa
     return eta / 2.0, math.sqrt(eta * temperature)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Expert:
     """One expert of a product: ``weight * energy(x, cond)`` with its OWN condition.
 

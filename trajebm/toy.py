@@ -126,7 +126,9 @@ class ToyConfig:
     """Settings of a toy fit; the defaults finish in under 2 minutes on 2 CPU cores.
 
     ``ais_*`` size the AIS estimate of log Z (0 steps: none; about 20 s on one core);
-    ``grid_points`` per dimension is the reference grid's resolution (1-D and 2-D data).
+    ``grid_points`` per dimension is the reference grid's resolution (1-D and 2-D data). The
+    energy penalty ``alpha`` is 0.03: at 0.001, 5 of the 7 standard densities fell into the
+    separating optimum E(data) = -1/(2 alpha) = -500, E(samples) = +500 (samples off the data).
     """
 
     num_train: int = 20000
@@ -143,7 +145,7 @@ class ToyConfig:
     ais_leapfrog_steps: int = 2
     grid_points: int = 1024
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=5000, lr=2e-3, cosine_decay=True, alpha=0.001, checkpoint_every=1000,
+        steps=5000, lr=2e-3, cosine_decay=True, alpha=0.03, checkpoint_every=1000,
         log_every=50,
         sampler=LangevinConfig(steps=10, step_size=0.005, convention="textbook",
                                grad_clip=None, bounds=None)))

@@ -23,14 +23,14 @@ import datetime
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
+from bench_image_train import bench_preset
 from bench_train import matmul_flops, sync, trajectory_trainer
 
 from imagebm.models import build_model as build_image_model
-from imagebm.train import chain_init, model_config, preset
+from imagebm.train import chain_init, model_config
 from trajebm.engine.buffer import ReplayBuffer
 from trajebm.engine.train import TensorBatches, TrainConfig, Trainer
 from trajebm.models import ModelConfig, build_model
@@ -68,14 +68,7 @@ def timed(fn, steps: int, rounds: int, device: torch.device) -> float:
 
 def image_trainer(args: argparse.Namespace, out: str, device: torch.device,
                   compile: bool | str) -> tuple[Trainer, str]:
-    cfg = preset(args.preset)
-    if args.batch_size:
-        cfg = replace(cfg, batch_size=args.batch_size)
-    if args.width:
-        cfg = replace(cfg, model=replace(cfg.model, width=args.width))
-    if args.langevin_steps:
-        cfg = replace(cfg, train=replace(cfg.train, sampler=replace(
-            cfg.train.sampler, steps=args.langevin_steps)))
+    cfg = bench_preset(args)
     m = cfg.model
     classes = 10 if cfg.conditional else 0
     shape = (m.channels, m.image_size, m.image_size)

@@ -33,7 +33,7 @@ from dataclasses import replace
 import torch
 
 from imagebm.models import build_model
-from imagebm.train import chain_init, model_config, preset
+from imagebm.train import ImageTrainConfig, chain_init, model_config, preset
 from trajebm.engine.buffer import ReplayBuffer
 from trajebm.engine.train import TensorBatches, TrainConfig, Trainer, clip_to_adam_bound
 
@@ -83,8 +83,8 @@ def bare_loop(model, images, labels, cfg, device):
     return step
 
 
-def main() -> None:
-    args = parse_args()
+def bench_preset(args: argparse.Namespace) -> ImageTrainConfig:
+    """``args.preset`` with the batch size, width and chain length the flags override."""
     cfg = preset(args.preset)
     if args.batch_size:
         cfg = replace(cfg, batch_size=args.batch_size)
@@ -93,6 +93,12 @@ def main() -> None:
     if args.langevin_steps:
         sampler = replace(cfg.train.sampler, steps=args.langevin_steps)
         cfg = replace(cfg, train=replace(cfg.train, sampler=sampler))
+    return cfg
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = bench_preset(args)
     device = torch.device(args.device)
     m = cfg.model
     classes = 10 if cfg.conditional else 0

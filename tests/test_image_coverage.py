@@ -3,36 +3,27 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from _image_fixtures import digits_classifier, tiny_digits_run
 
 from imagebm.cli import main
 from imagebm.coverage import CoverageConfig, coverage, histogram_overlap, nearest
 from imagebm.datasets import load_dataset
-from imagebm.metrics import train_domain_classifier
-from imagebm.train import preset, train_images
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("coverage") / "run"
-    cfg = preset("digits", steps=3, checkpoint_every=1000, snapshot_every=1000)
-    train_images(replace(cfg, train=replace(cfg.train, sampler=replace(cfg.train.sampler,
-                                                                          steps=2))),
-                 out, progress=False)
-    return out
+    return tiny_digits_run(tmp_path_factory.mktemp("coverage") / "run")
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """A data root's classifier cache holding a quickly trained digits classifier."""
     folder = tmp_path_factory.mktemp("data") / "classifiers"
-    train = load_dataset("digits")
-    train_domain_classifier(train.float(), train.labels, 10, steps=40, seed=0).save(
-        folder / "digits-8px-labels.pt")
+    digits_classifier(folder / "digits-8px-labels.pt")
     return folder
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from _image_fixtures import tiny_digits_run
 
 from imagebm.cli import main
 from imagebm.ood import auroc, generated_sets, load_ood_file, ood_report
@@ -17,12 +18,7 @@ from trajebm.engine.errors import UsageError
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ood") / "run"
-    cfg = preset("digits", steps=4, checkpoint_every=1000, snapshot_every=1000)
-    train_images(replace(cfg, train=replace(cfg.train, sampler=replace(cfg.train.sampler,
-                                                                          steps=3))),
-                 out, progress=False)
-    return out
+    return tiny_digits_run(tmp_path_factory.mktemp("ood") / "run", steps=4, chain_steps=3)
 
 
 def test_auroc_matches_hand_counts():

@@ -9,10 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from _image_fixtures import digits_classifier, tiny_digits_run
 
 from imagebm.cli import main
-from imagebm.datasets import load_dataset
-from imagebm.metrics import train_domain_classifier
 from imagebm.restore import (
     RestoreConfig,
     box_mask,
@@ -21,31 +20,20 @@ from imagebm.restore import (
     restore,
     salt_and_pepper,
 )
-from imagebm.train import load_image_run, preset, train_images
+from imagebm.train import load_image_run
 from trajebm.engine.errors import UsageError
-
-
-def tiny_run(out, conditional: bool = True):
-    cfg = preset("digits", steps=3, conditional=conditional, checkpoint_every=1000,
-                 snapshot_every=1000)
-    train_images(replace(cfg, train=replace(cfg.train, sampler=replace(cfg.train.sampler,
-                                                                          steps=2))),
-                 out, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("restore") / "run")
+    return tiny_digits_run(tmp_path_factory.mktemp("restore") / "run")
 
 
 @pytest.fixture(scope="module")
 def data_home(tmp_path_factory):
     """A data root whose classifier cache holds a quickly trained digits classifier."""
     root = tmp_path_factory.mktemp("data")
-    train = load_dataset("digits")
-    train_domain_classifier(train.float(), train.labels, 10, steps=40, seed=0).save(
-        root / "classifiers" / "digits-8px-labels.pt")
+    digits_classifier(root / "classifiers" / "digits-8px-labels.pt")
     return root
 
 
@@ -149,7 +137,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(run, tmp_path, capsys, args, m
 
 
 def test_unconditional_run_refuses_crossclass_but_inpaints(tmp_path, capsys):
-    uncond = tiny_run(tmp_path / "uncond", conditional=False)
+    uncond = tiny_digits_run(tmp_path / "uncond", conditional=False)
     out = tmp_path / "nothing"
     assert main(["restore", "--run", str(uncond), "--task", "crossclass", "--out", str(out),
                  "--quiet"]) == 2

@@ -6,11 +6,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from _image_fixtures import tiny_digits_run
 
 from imagebm.cli import main
 from imagebm.likelihood import bits_per_dim, image_likelihood
 from imagebm.models import ImageEBMConfig, build_model
-from imagebm.train import ImageRun, preset, train_images
+from imagebm.train import ImageRun, preset
 from trajebm.engine.errors import UsageError
 from trajebm.likelihood import ais, beta_schedule
 
@@ -107,12 +108,8 @@ def test_bits_per_dim_of_the_uniform_density_is_eight():
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("likelihood") / "run"
-    cfg = preset("digits", steps=4, checkpoint_every=1000, snapshot_every=1000)
-    train_images(replace(cfg, train=replace(cfg.train, sampler=replace(cfg.train.sampler,
-                                                                       steps=5))),
-                 out, progress=False)
-    return out
+    return tiny_digits_run(tmp_path_factory.mktemp("likelihood") / "run", steps=4,
+                           chain_steps=5)
 
 
 def check_scores(part):

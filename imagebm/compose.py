@@ -4,8 +4,9 @@
 ``exp(-(E_A(x | LA) + E_B(x | LB)))`` — a product of experts, each with its own condition
 (:class:`trajebm.engine.sampling.Expert`) — with one Langevin chain per image from the runs'
 fresh-chain noise, and writes ``samples.npy`` (N, C, H, W) in [0, 1], ``samples.png`` and
-``run.json``. The chains use the first run's sampler (step size, noise) with ``steps`` steps and
-the runs' evaluation gradient clip.
+``run.json``. The chains use the first run's sampler (step size, noise) and evaluation gradient
+clip, for as many steps as that run's fresh samples take unless told (200 for persistent runs,
+the training chain's length for short-run runs, :func:`imagebm.train.short_run`).
 
 :func:`compositional_generalisation` is the paper's point at CPU scale: on procedural dSprites,
 one conditional model per factor and one model conditioned on the joint combination are trained
@@ -65,20 +66,26 @@ from trajebm.engine.sampling import Expert, langevin
 class ComposeConfig:
     """Sampler of a composition: ``num`` chains of ``steps`` Langevin steps from noise.
 
-    ``grad_clip`` None takes the first run's evaluation clip (``eval_grad_clip``).
+    ``steps`` and ``grad_clip`` None take the first run's (:func:`chain_steps`, its
+    ``eval_grad_clip``).
     """
 
     num: int = 64
-    steps: int = 200
+    steps: int | None = None
     grad_clip: float | None = None
     temperature: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num < 1 or self.steps < 1:
+        if self.num < 1 or (self.steps is not None and self.steps < 1):
             raise UsageError("num and steps must be >= 1")
         if self.temperature <= 0 or (self.grad_clip is not None and self.grad_clip <= 0):
             raise UsageError("temperature and grad_clip must be positive")
+
+
+def chain_steps(run: ImageRun) -> int:
+    """Steps of the run's fresh-sample chain: ``eval_chunks`` x ``eval_chunk_steps``."""
+    return run.config.eval_chunks * run.config.eval_chunk_steps
 
 
 def _label_rows(label: int | Tensor, classes: int, num: int, source: Path) -> Tensor:
@@ -136,7 +143,8 @@ def compose_images(runs: Sequence[ImageRun | str | os.PathLike], labels: Sequenc
     first = loaded[0]
     m = first.model.config
     clip = first.config.eval_grad_clip if cfg.grad_clip is None else cfg.grad_clip
-    sampler = replace(first.config.train.sampler, steps=cfg.steps, grad_clip=clip,
+    sampler = replace(first.config.train.sampler, steps=cfg.steps or chain_steps(first),
+                      grad_clip=clip,
                       temperature=cfg.temperature, bounds=(0.0, 1.0))
     experts = [Expert(run.model.to(device).eval(), y.to(device))
                for run, y in zip(loaded, rows, strict=True)]
@@ -153,6 +161,7 @@ def run_compose(args: argparse.Namespace) -> int:
                         temperature=args.temperature, seed=args.seed)
     runs = [load_image_run(r) for r in args.runs]
     check_composable(runs, args.labels, cfg.num)  # before anything is written
+    cfg = replace(cfg, steps=cfg.steps or chain_steps(runs[0]))
     images = compose_images(runs, args.labels, cfg, args.device)
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_npy(images.numpy().astype(np.float32), out / "samples.npy")
@@ -169,6 +178,10 @@ def run_compose(args: argparse.Namespace) -> int:
 def _default_hold_out() -> tuple[dict[str, int], ...]:
     return ({"shape": 2, "scale": 0, "x": 0}, {"shape": 0, "scale": 1, "x": 1},
             {"shape": 1, "scale": 0, "x": 1})
+
+
+COMPOSITION_PRESETS = ("dsprites-16", "dsprites-16-shortrun")
+"""Training settings the experiment's models may take (procedural dSprites, CPU-sized)."""
 
 
 @dataclass
@@ -204,6 +217,9 @@ class CompositionConfig:
         if bad:
             raise UsageError(f"held-out combinations must give every factor of "
                              f"{', '.join(self.factors)}: {bad}")
+        if self.preset not in COMPOSITION_PRESETS:
+            raise UsageError(f"preset must be one of {', '.join(COMPOSITION_PRESETS)}, "
+                             f"got {self.preset!r}")
         if self.num < 1 or self.classifier_steps < 1:
             raise UsageError("num and classifier_steps must be >= 1")
 
@@ -300,7 +316,8 @@ def compositional_generalisation(out_dir: str | os.PathLike,
     held = [c in cfg.hold_out for c in combos]
     group = np.repeat(np.arange(len(combos)), cfg.num)
     wanted = {f: np.array([c[f] for c in combos])[group] for f in cfg.factors}
-    sampler = replace(cfg.sampler, num=len(group))
+    sampler = replace(cfg.sampler, num=len(group),
+                      steps=cfg.sampler.steps or chain_steps(runs[cfg.factors[0]]))
     t0 = time.perf_counter()
     composed = compose_images([runs[f] for f in cfg.factors],
                               [torch.from_numpy(wanted[f]) for f in cfg.factors], sampler, device)
@@ -329,6 +346,7 @@ def compositional_generalisation(out_dir: str | os.PathLike,
                for kind, is_held in (("held_out", True), ("seen", False))}
     chance = float(np.prod([1.0 / factor_classes(f, bins) for f in cfg.factors]))
     report = {"config": jsonable(cfg), "summary": summary, "chance": chance,
+              "chain_steps": sampler.steps,
               "combinations": rows, "timings": timings, "device": str(device)}
     _save_sample_grids(out, composed, joint, held, cfg.num)
     write_json(out / "report.json", report)
@@ -357,9 +375,10 @@ def _markdown(report: dict[str, Any], cfg: CompositionConfig) -> str:
         "",
         f"Factors {', '.join(cfg.factors)} (bins {cfg.factor_bins}); held out "
         f"{len(cfg.hold_out)} combinations; {cfg.train_steps} training steps per model, "
-        f"{cfg.num} samples per combination and method, {cfg.sampler.steps} Langevin steps "
-        f"from noise; seed {cfg.seed}. Score: fraction of samples whose every factor the "
-        f"classifiers (trained on all the data) read as requested; chance "
+        f"{cfg.num} samples per combination and method, {report['chain_steps']} Langevin "
+        f"steps from noise (preset {cfg.preset}); seed {cfg.seed}. Score: fraction of samples "
+        f"whose every factor the classifiers (trained on all the data) read as requested; "
+        f"chance "
         f"{report['chance']:.3f}.",
         "",
         "| combinations | composed experts | joint model | test data (ceiling) |",
@@ -383,6 +402,7 @@ def _markdown(report: dict[str, Any], cfg: CompositionConfig) -> str:
 
 def run_experiment(args: argparse.Namespace) -> int:
     cfg = CompositionConfig(train_steps=args.steps, num=args.num, seed=args.seed,
+                            preset=args.preset,
                             sampler=ComposeConfig(steps=args.chain_steps, seed=args.seed))
     compositional_generalisation(args.out, cfg, args.device, progress=not args.quiet)
     print(Path(args.out, "report.md").read_text())
@@ -398,7 +418,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="one class per run, conditioning that run")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num", type=int, default=d.num)
-    p.add_argument("--steps", type=int, default=d.steps, help="Langevin steps from noise")
+    p.add_argument("--steps", type=int, default=None,
+                   help="Langevin steps from noise (default: the first run's fresh-sample "
+                        "chain, 200 steps for persistent runs)")
     p.add_argument("--grad-clip", type=float, default=None,
                    help="gradient clip (default: the first run's evaluation clip)")
     p.add_argument("--temperature", type=float, default=d.temperature)
@@ -412,8 +434,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="experiment folder (runs are reused)")
     q.add_argument("--steps", type=int, default=e.train_steps, help="training steps per model")
     q.add_argument("--num", type=int, default=e.num, help="samples per combination and method")
-    q.add_argument("--chain-steps", type=int, default=d.steps,
-                   help="Langevin steps per sample")
+    q.add_argument("--chain-steps", type=int, default=None,
+                   help="Langevin steps per sample (default: as `imagebm compose`)")
+    q.add_argument("--preset", default=e.preset, choices=COMPOSITION_PRESETS,
+                   help="training settings of every model (the short-run one trains by "
+                        "short chains from noise)")
     q.add_argument("--seed", type=int, default=e.seed)
     q.add_argument("--device", default="cpu", help="cpu | cuda")
     q.add_argument("--quiet", action="store_true", help="no progress bars")

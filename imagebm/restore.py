@@ -2,7 +2,8 @@
 
 PAPER.md §3. Each task corrupts held-out test images and runs Langevin dynamics on the run's
 energy from the corrupted image, with the run's evaluation sampler (its step, noise and
-evaluation gradient clip; final weights) for :data:`DEFAULT_STEPS` steps unless told:
+evaluation gradient clip; final weights) for :data:`DEFAULT_STEPS` steps (short-run runs: their
+training chain's length) unless told:
 
 * ``inpaint``: a box (default the bottom half) is replaced by the run's chain-start noise and
   only its pixels move (the engine's ``langevin(mask=...)``); the rest stays exactly as given.
@@ -63,9 +64,11 @@ TASKS = ("inpaint", "saltpepper", "crossclass")
 SALT, PEPPER = 0.9, 0.1
 FIGURE_COLUMNS = 16
 DEFAULT_STEPS = {"inpaint": 30, "saltpepper": 30, "blind": 100, "crossclass": 10}
-"""Langevin steps per task (``blind``: salt-and-pepper, mask unknown, smaller step). Chosen on
-the CPU ``digits`` preset: longer chains at the run's step drift away from the visible pixels
-(inpainting) and turn a cross-class start into an unrelated sample of the target class."""
+"""Langevin steps per task for persistent runs (``blind``: salt-and-pepper, mask unknown,
+smaller step). Chosen on the CPU ``digits`` preset: longer chains at the run's step drift away
+from the visible pixels (inpainting) and turn a cross-class start into an unrelated sample of
+the target class. Short-run runs (:func:`imagebm.train.short_run`) take their training chain's
+length, except blind."""
 
 
 @dataclass
@@ -76,7 +79,8 @@ class RestoreConfig:
     share of pixels set to each of 0.1 and 0.9. ``source`` / ``target`` pick the cross-class
     classes (None: test images of every class, each mapped to its class + 1 mod K).
     ``step_size`` and ``grad_clip`` default to the run's evaluation sampler (blind
-    salt-and-pepper: :data:`REFINE_STEP_SIZE`), ``steps`` to :data:`DEFAULT_STEPS`.
+    salt-and-pepper: :data:`REFINE_STEP_SIZE`), ``steps`` to :data:`DEFAULT_STEPS` (short-run
+    runs: their training chain's).
     ``chains`` > 1 (inpaint and salt-and-pepper with a known mask) runs that many chains per
     image, each from fresh noise in the pixels to fill, and returns their mean: an estimate of
     the posterior mean, the fill with the least expected squared error, which is what the
@@ -100,9 +104,7 @@ class RestoreConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise UsageError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
-        if self.steps is None:
-            self.steps = DEFAULT_STEPS["blind" if self.blind else self.task]
-        if self.num < 1 or self.steps < 0:
+        if self.num < 1 or (self.steps is not None and self.steps < 0):
             raise UsageError(f"need num >= 1 and steps >= 0, got {self.num} and {self.steps}")
         if (self.step_size is not None and self.step_size <= 0) or (
                 self.grad_clip is not None and self.grad_clip <= 0):
@@ -294,7 +296,10 @@ def _sampler(run: ImageRun, cfg: RestoreConfig) -> LangevinConfig:
     rc = run.config
     step = cfg.step_size or (REFINE_STEP_SIZE if cfg.blind else rc.train.sampler.step_size)
     clip = cfg.grad_clip if cfg.grad_clip is not None else rc.eval_grad_clip
-    return replace(rc.train.sampler, steps=cfg.steps, step_size=step, step_size_end=None,
+    steps = cfg.steps if cfg.steps is not None else (
+        rc.train.sampler.steps if rc.replay_prob == 0 and not cfg.blind
+        else DEFAULT_STEPS["blind" if cfg.blind else cfg.task])
+    return replace(rc.train.sampler, steps=steps, step_size=step, step_size_end=None,
                    grad_clip=clip, bounds=(0.0, 1.0))
 
 
@@ -441,7 +446,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chains", type=int, default=1,
                    help="chains per image, averaged (the posterior mean; inpaint, saltpepper)")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"Langevin steps (default per task: {DEFAULT_STEPS})")
+                   help=f"Langevin steps (default per task: {DEFAULT_STEPS}; short-run "
+                        f"runs: their training chain's)")
     p.add_argument("--step-size", type=float, default=None,
                    help=f"Langevin step (default: the run's; blind: {REFINE_STEP_SIZE})")
     p.add_argument("--box", type=int, nargs=4, default=None,

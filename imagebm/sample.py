@@ -6,13 +6,16 @@ successive weight snapshots of the run (a historical ensemble). ``imagebm sample
 --num N --out DIR`` writes ``samples.npy`` (N, C, H, W) in [0, 1], ``samples.png`` (a grid),
 ``labels.npy`` for conditional runs, ``run.json`` and optionally ``chain.gif``.
 
-The defaults depart from the paper (:data:`SAMPLE_TEMPERATURE`): at the training chain's
-temperature (noise 0.005 against a drift of ~0.02-0.1 per pixel and step; the gradient clip never
-binds) every chain of a class falls into one image of a fixed model, from noise or from the
-buffer alike, the more so the longer it runs, and older snapshots are worse models. The
-defaults therefore sample the final weights with 1000 times the noise variance, where the
-chains stay diverse and put (at the price of ~0.16 of noise left on each pixel; chosen on the
-CPU presets ``digits`` and ``dsprites-16``); :meth:`SampleConfig.paper` is the paper's.
+Unset settings take the run's own (``ImageTrainConfig.eval_*``). For persistent runs (the
+paper's training) these depart from the paper: at the training chain's temperature (noise 0.005
+against a drift of ~0.02-0.1 per pixel and step) every chain of a class falls into one image of
+a fixed model, from noise or from the buffer alike, the more so the longer it runs, and older
+snapshots are worse models. They therefore sample the final weights over 10 chunks with 1000
+times the noise variance (:data:`imagebm.train.SAMPLE_TEMPERATURE`), where the chains stay
+diverse, at the price of ~0.16 of noise left on each pixel. Runs trained by short-run chains
+(:func:`imagebm.train.short_run`) sample with their training chain from noise, which is what
+they were trained to make good; their fresh samples match the persistent chains (README,
+"Generative experiments"). :meth:`SampleConfig.paper` is the paper's sampler.
 
 Chains run with every model in eval mode, as the engine's Trainer runs its training chains:
 dropout is off and spectral-norm power iterations are frozen, so a chain follows one fixed
@@ -39,6 +42,7 @@ from imagebm.models import ImageEBM, build_model
 from imagebm.train import (
     CHECKPOINT_FILE,
     ImageRun,
+    ImageTrainConfig,
     chain_init,
     load_image_run,
     load_weights,
@@ -51,51 +55,61 @@ from trajebm.engine.sampling import langevin
 from trajebm.engine.train import read_checkpoint, snapshot_paths
 
 STARTS = ("noise", "buffer")
-SAMPLE_TEMPERATURE = 1000.0
-"""Default chain temperature (noise x sqrt(1000) ~ 0.16 per step): measured on ``digits`` and
-``dsprites-16``, chains from noise keep the data's per-class diversity instead of collapsing
-(benchmarks/quality_fresh_samples.py)."""
 
 
 @dataclass
 class SampleConfig:
     """Evaluation sampler: ``chunks`` x ``chunk_steps`` steps over an ensemble of snapshots.
 
-    ``None`` fields take the run's own settings (``eval_*`` of its config; ``grad_clip=inf``
-    turns clipping off); ``ensemble`` is the number of newest snapshots cycled through (1 = the
-    final weights only); ``temperature`` multiplies the noise variance of the run's chain
-    (module docstring). ``start="buffer"`` continues the newest ``num`` chains of the run's
-    replay buffer (with their labels) instead of starting from noise; with ``chunks=0`` the
-    result is the persistent training chains themselves.
+    ``None`` fields take the run's own settings (``eval_*`` of its config, :meth:`resolve`;
+    ``grad_clip=inf`` turns clipping off); ``ensemble`` is the number of newest snapshots
+    cycled through (1 = the final weights only); ``temperature`` multiplies the noise variance
+    of the run's chain (module docstring). ``start="buffer"`` continues the newest ``num``
+    chains of the run's replay buffer (with their labels) instead of starting from noise;
+    with ``chunks=0`` the result is the persistent training chains themselves.
     """
 
     num: int = 64
     start: str = "noise"
-    chunks: int = 10
+    chunks: int | None = None
     chunk_steps: int | None = None
     grad_clip: float | None = None
     reinit: float | None = None
     ensemble: int = 1
-    temperature: float = SAMPLE_TEMPERATURE
+    temperature: float | None = None
     labels: list[int] | None = None
     seed: int = 0
     gif_frames: int = 0
 
     def __post_init__(self) -> None:
-        if self.num < 1 or self.chunks < 0 or self.ensemble < 1:
+        if self.num < 1 or (self.chunks is not None and self.chunks < 0) or self.ensemble < 1:
             raise UsageError("num and ensemble must be >= 1, chunks >= 0")
+        if self.chunk_steps is not None and self.chunk_steps < 1:
+            raise UsageError(f"chunk_steps must be >= 1, got {self.chunk_steps}")
         if self.start not in STARTS:
             raise UsageError(f"start must be one of {', '.join(STARTS)}, not {self.start!r}")
         if self.start == "buffer" and self.labels:
             raise UsageError("chains started from the buffer keep their own labels; "
                              "drop --labels or use --start noise")
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise UsageError(f"temperature must be positive, got {self.temperature}")
 
     @classmethod
     def paper(cls, **overrides: Any) -> SampleConfig:
-        """The paper's evaluation sampler: 20 chunks over 10 snapshots at temperature 1."""
-        return cls(**{"chunks": 20, "ensemble": 10, "temperature": 1.0, **overrides})
+        """The paper's evaluation sampler: 20 chunks of 20 steps (clip 0.05, 1% restarts)
+        over 10 snapshots at temperature 1."""
+        return cls(**{"chunks": 20, "chunk_steps": 20, "grad_clip": 0.05, "reinit": 0.01,
+                      "ensemble": 10, "temperature": 1.0, **overrides})
+
+    def resolve(self, run_config: ImageTrainConfig) -> SampleConfig:
+        """This config with every unset field taken from the run's ``eval_*`` settings."""
+        rc = run_config
+        return replace(
+            self, chunks=rc.eval_chunks if self.chunks is None else self.chunks,
+            chunk_steps=self.chunk_steps or rc.eval_chunk_steps,
+            grad_clip=rc.eval_grad_clip if self.grad_clip is None else self.grad_clip,
+            reinit=rc.eval_reinit if self.reinit is None else self.reinit,
+            temperature=rc.eval_temperature if self.temperature is None else self.temperature)
 
 
 def class_diversity(images: Tensor, labels: Tensor | None) -> float:
@@ -175,17 +189,15 @@ def sample_images(run: ImageRun | str | os.PathLike, config: SampleConfig | None
 
     The models sample in eval mode (see the module docstring) and get their own mode back.
     """
-    cfg = config or SampleConfig()
     device = resolve_device(device)
     run = run if isinstance(run, ImageRun) else load_image_run(run, device)
     rc = run.config
+    cfg = (config or SampleConfig()).resolve(rc)
     x, labels = buffer_chains(run, cfg.num) if cfg.start == "buffer" else (
         None, class_labels(run, cfg.num, cfg.labels))
     models = ensemble_models(run, cfg.ensemble, device)
-    clip = rc.eval_grad_clip if cfg.grad_clip is None else cfg.grad_clip
-    sampler = replace(rc.train.sampler, steps=cfg.chunk_steps or rc.eval_chunk_steps,
-                      grad_clip=clip, temperature=cfg.temperature, bounds=(0.0, 1.0))
-    reinit = rc.eval_reinit if cfg.reinit is None else cfg.reinit
+    sampler = replace(rc.train.sampler, steps=cfg.chunk_steps, grad_clip=cfg.grad_clip,
+                      temperature=cfg.temperature, bounds=(0.0, 1.0))
     shape = (run.model.config.channels, run.model.config.image_size, run.model.config.image_size)
     init = chain_init(rc.init, shape)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -201,8 +213,8 @@ def sample_images(run: ImageRun | str | os.PathLike, config: SampleConfig | None
             x = langevin(model, x.to(device), y, sampler).detach().cpu()
             if cfg.gif_frames:
                 frames.append(tile(x[: cfg.gif_frames]))
-            if reinit > 0 and chunk < cfg.chunks - 1:
-                fresh = torch.rand(cfg.num, generator=generator) < reinit
+            if cfg.reinit > 0 and chunk < cfg.chunks - 1:
+                fresh = torch.rand(cfg.num, generator=generator) < cfg.reinit
                 if fresh.any():
                     x[fresh] = init(int(fresh.sum()), None, generator)
     return x, labels, frames
@@ -233,9 +245,10 @@ def run_sample(args: argparse.Namespace) -> int:
                        temperature=args.temperature, labels=args.labels, seed=args.seed,
                        gif_frames=64 if args.gif else 0)
     out = output_folder(args.out, "samples")
-    images, labels, frames = sample_images(args.run, cfg, args.device, progress=not args.quiet)
+    run = load_image_run(args.run, resolve_device(args.device))
+    images, labels, frames = sample_images(run, cfg, args.device, progress=not args.quiet)
     write_samples(out, images, labels, frames)
-    write_run_info(out, cfg, cfg.seed, run=str(args.run))
+    write_run_info(out, cfg.resolve(run.config), cfg.seed, run=str(args.run))
     print(f"wrote {len(images)} samples to {out / 'samples.npy'} and {out / 'samples.png'}")
     return 0
 
@@ -249,15 +262,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--start", default=d.start, choices=STARTS,
                    help="chains start from noise (paper's evaluation) or the run's replay buffer")
-    p.add_argument("--chunks", type=int, default=d.chunks,
-                   help="sampling chunks (>= 0; paper: 20)")
+    p.add_argument("--chunks", type=int, default=None,
+                   help="sampling chunks (>= 0; default: the run's, 10, or 1 for short-run "
+                        "runs; paper: 20)")
     p.add_argument("--chunk-steps", type=int, default=None,
-                   help="Langevin steps per chunk (default: the run's, 20)")
+                   help="Langevin steps per chunk (default: the run's, 20, or its training "
+                        "chain's for short-run runs)")
     p.add_argument("--ensemble", type=int, default=d.ensemble,
                    help="newest snapshots to cycle through (1 = final weights; paper: 10)")
-    p.add_argument("--temperature", type=float, default=d.temperature,
-                   help="multiplies the chains' noise variance (paper: 1, whose chains "
-                        "collapse to one image per class)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="multiplies the chains' noise variance (default: the run's, 1000, or "
+                        "1 for short-run runs; paper: 1, whose chains collapse to one image "
+                        "per class on persistent runs)")
     p.add_argument("--labels", type=int, nargs="+", default=None,
                    help="classes to sample (cycled); default: every class in turn")
     p.add_argument("--gif", action="store_true", help="also write chain.gif")

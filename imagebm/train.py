@@ -50,6 +50,11 @@ MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FORMAT = "imagebm-model"
 INITS = ("uniform", "dsprites")
+SAMPLE_TEMPERATURE = 1000.0
+"""Fresh-sample temperature of persistent runs (noise x sqrt(1000) ~ 0.16 per step): at the
+training chain's own temperature, chains from noise on the fixed final weights fall into about
+one image per class; at this one they stay diverse (measured on ``digits`` and ``dsprites-16``,
+benchmarks/quality_fresh_samples.py)."""
 
 
 def image_training(**overrides: Any) -> TrainConfig:
@@ -63,13 +68,19 @@ class ImageTrainConfig:
     """A run: the trainer's settings (``train``) plus data, architecture, buffer, eval sampler.
 
     ``init`` is where fresh chains start: ``uniform`` U(0, 1) (natural images), or ``dsprites``
-    0.5 + 0.5 N(0, 1) clamped to [0, 1] (PAPER.md §1). The ``eval_*`` fields are the paper's
-    evaluation-time sampler (:func:`imagebm.sample.sample_images`). ``class_weight`` > 0 adds
-    that times the cross-entropy of the logits ``-E(x, y)`` on the data to the contrastive loss
-    (the hybrid of JEM, Grathwohl et al. 2020: log p(y | x) beside log p(x | y)); 0 is the
-    paper's purely generative training. ``label_factor``, ``factor_bins`` and ``hold_out`` label
-    dSprites by one factor or a joint combination, coarsen factors into bins and leave
-    combinations out of the training data (:mod:`imagebm.datasets`).
+    0.5 + 0.5 N(0, 1) clamped to [0, 1] (PAPER.md §1). ``replay_prob`` is the share of chains
+    continued from the replay buffer (the paper's 0.95; 0 trains by short-run chains from noise,
+    :func:`short_run`). The ``eval_*`` fields are the run's sampler for fresh samples
+    (:func:`imagebm.sample.sample_images`): ``eval_chunks`` chunks of ``eval_chunk_steps``
+    steps with gradient clip ``eval_grad_clip``, ``eval_reinit`` of the chains restarted after
+    each chunk, ``eval_temperature`` times the training chain's noise variance (for persistent
+    runs :data:`SAMPLE_TEMPERATURE`, where chains from noise do not collapse).
+    ``class_weight`` > 0 adds that times the cross-entropy of the logits ``-E(x, y)`` on the
+    data to the contrastive loss (the hybrid of JEM, Grathwohl et al. 2020: log p(y | x)
+    beside log p(x | y)); 0 is the paper's purely generative training. ``label_factor``,
+    ``factor_bins`` and ``hold_out`` label dSprites by one factor or a joint combination,
+    coarsen factors into bins and leave combinations out of the training data
+    (:mod:`imagebm.datasets`).
     """
 
     dataset: str = "digits"
@@ -84,9 +95,11 @@ class ImageTrainConfig:
     buffer_size: int = 10_000
     replay_prob: float = 0.95
     init: str = "uniform"
+    eval_chunks: int = 10
     eval_chunk_steps: int = 20
     eval_grad_clip: float | None = 0.05
     eval_reinit: float = 0.01
+    eval_temperature: float = SAMPLE_TEMPERATURE
     class_weight: float = 0.0
     train: TrainConfig = field(default_factory=image_training)
 
@@ -101,8 +114,12 @@ class ImageTrainConfig:
             raise UsageError("batch_size, buffer_size and lr must be positive")
         if self.class_weight < 0 or (self.class_weight > 0 and not self.conditional):
             raise UsageError("class_weight must be >= 0, and > 0 only for a conditional model")
-        if not 0.0 <= self.eval_reinit <= 1.0:
-            raise UsageError(f"eval_reinit must be in [0, 1], got {self.eval_reinit}")
+        if not 0.0 <= self.eval_reinit <= 1.0 or not 0.0 <= self.replay_prob <= 1.0:
+            raise UsageError(f"eval_reinit and replay_prob must be in [0, 1], got "
+                             f"{self.eval_reinit} and {self.replay_prob}")
+        if self.eval_chunks < 1 or self.eval_chunk_steps < 1 or self.eval_temperature <= 0:
+            raise UsageError("eval_chunks and eval_chunk_steps must be >= 1, eval_temperature "
+                             "positive")
         self.hold_out = tuple(self.hold_out)
         check_factors(self.label_factor, self.factor_bins, self.hold_out)
 
@@ -118,10 +135,31 @@ def _paper(**sampler: Any) -> TrainConfig:
     return image_training(sampler=_cifar_sampler(**sampler))
 
 
+def short_run(cfg: ImageTrainConfig) -> ImageTrainConfig:
+    """``cfg`` trained by short-run chains from noise, sampled by that same chain.
+
+    Every training chain starts from the init noise (``replay_prob`` 0; Nijkamp et al. 2019),
+    and fresh samples are one chunk of the training chain itself (its steps and clip, no
+    restarts, its temperature). A persistent run's energy is shaped only around its replay
+    buffer, so chains from noise on its final weights fall into a few attractors per class; a
+    short-run run is trained so that exactly this chain from noise lands on the data.
+    """
+    s = cfg.train.sampler
+    return replace(cfg, replay_prob=0.0, eval_chunks=1, eval_chunk_steps=s.steps,
+                   eval_grad_clip=s.grad_clip, eval_reinit=0.0, eval_temperature=s.temperature)
+
+
 _DIGITS = ImageTrainConfig(
     dataset="digits", conditional=True, batch_size=128,
     model=ImageEBMConfig(arch="small", image_size=8, channels=1, width=16),
     train=image_training(steps=1500, lr=1e-3, sampler=_cifar_sampler(steps=15),
+                         snapshot_every=100, checkpoint_every=250))
+
+_DSPRITES16 = ImageTrainConfig(
+    dataset="dsprites-procedural", image_size=16, label_factor="shape", limit=20_000,
+    conditional=True, init="dsprites",
+    model=ImageEBMConfig(arch="dsprites", image_size=16, channels=1, width=16),
+    train=image_training(steps=1000, lr=1e-3, sampler=_cifar_sampler(steps=20, step_size=500.0),
                          snapshot_every=100, checkpoint_every=250))
 
 PRESETS: dict[str, ImageTrainConfig] = {
@@ -149,17 +187,15 @@ PRESETS: dict[str, ImageTrainConfig] = {
         for factor in ("shape", "scale", "orientation", "x", "y")},
     "digits": _DIGITS,
     "digits-hybrid": replace(_DIGITS, class_weight=1.0),
-    "dsprites-16": ImageTrainConfig(
-        dataset="dsprites-procedural", image_size=16, label_factor="shape", limit=20_000,
-        conditional=True, init="dsprites",
-        model=ImageEBMConfig(arch="dsprites", image_size=16, channels=1, width=16),
-        train=image_training(steps=1000, lr=1e-3, sampler=_cifar_sampler(steps=20,
-                                                                         step_size=500.0),
-                             snapshot_every=100, checkpoint_every=250)),
+    "digits-shortrun": short_run(_DIGITS),
+    "dsprites-16": _DSPRITES16,
+    "dsprites-16-shortrun": short_run(_DSPRITES16),
 }
 """Named settings. The paper's (PAPER.md §1) need a GPU and the dataset files; ``digits``,
 ``digits-hybrid`` (``digits`` plus the classification term, ``class_weight``) and
-``dsprites-16`` are sized for a 2-core CPU (see README for their measured time and quality)."""
+``dsprites-16`` are sized for a 2-core CPU (see README for their measured time and quality);
+``*-shortrun`` are those trained by short-run chains (:func:`short_run`), whose fresh samples
+do not collapse."""
 
 IMAGE_FIELDS = frozenset(f.name for f in fields(ImageTrainConfig))
 TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
@@ -372,6 +408,8 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
                                     ("lr", args.lr), ("seed", args.seed)) if v is not None}
     cfg = preset(args.preset, **overrides)
+    if args.short_run:
+        cfg = short_run(cfg)
     train_images(cfg, args.out, args.data_root, args.device, resume=args.resume,
                  progress=not args.quiet)
     print(f"wrote {Path(args.out) / MODEL_FILE}")
@@ -389,6 +427,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--short-run", action="store_true",
+                   help="train by short-run chains from noise (no replay) and sample fresh "
+                        "images with that chain (presets *-shortrun; README)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

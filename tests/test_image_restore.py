@@ -13,6 +13,7 @@ from _image_fixtures import digits_classifier, tiny_digits_run
 
 from imagebm.cli import main
 from imagebm.restore import (
+    DEFAULT_STEPS,
     RestoreConfig,
     box_mask,
     check_mask,
@@ -20,7 +21,7 @@ from imagebm.restore import (
     restore,
     salt_and_pepper,
 )
-from imagebm.train import load_image_run
+from imagebm.train import load_image_run, short_run
 from trajebm.engine.errors import UsageError
 
 
@@ -146,3 +147,14 @@ def test_unconditional_run_refuses_crossclass_but_inpaints(tmp_path, capsys):
     assert r.metrics["energy"] == "E(x)"
     with pytest.raises(UsageError, match="0 \\(keep\\) or 1"):
         check_mask(np.full((8, 8), 2.0), 3, (1, 8, 8))
+
+
+def test_default_chain_length_is_the_training_chains_for_short_run_runs(run):
+    persistent = restore(run, RestoreConfig(task="inpaint", num=2), progress=False)
+    assert persistent.metrics["sampler"]["steps"] == DEFAULT_STEPS["inpaint"]
+    loaded = load_image_run(run)
+    short = replace(loaded, config=short_run(loaded.config))
+    r = restore(short, RestoreConfig(task="inpaint", num=2), progress=False)
+    assert r.metrics["sampler"]["steps"] == loaded.config.train.sampler.steps == 2
+    blind = restore(short, RestoreConfig(task="saltpepper", num=2, blind=True), progress=False)
+    assert blind.metrics["sampler"]["steps"] == DEFAULT_STEPS["blind"]

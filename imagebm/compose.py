@@ -144,8 +144,7 @@ def compose_images(runs: Sequence[ImageRun | str | os.PathLike], labels: Sequenc
     m = first.model.config
     clip = first.config.eval_grad_clip if cfg.grad_clip is None else cfg.grad_clip
     sampler = replace(first.config.train.sampler, steps=cfg.steps or chain_steps(first),
-                      grad_clip=clip,
-                      temperature=cfg.temperature, bounds=(0.0, 1.0))
+                      grad_clip=clip, temperature=cfg.temperature, bounds=(0.0, 1.0))
     experts = [Expert(run.model.to(device).eval(), y.to(device))
                for run, y in zip(loaded, rows, strict=True)]
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -378,8 +377,7 @@ def _markdown(report: dict[str, Any], cfg: CompositionConfig) -> str:
         f"{cfg.num} samples per combination and method, {report['chain_steps']} Langevin "
         f"steps from noise (preset {cfg.preset}); seed {cfg.seed}. Score: fraction of samples "
         f"whose every factor the classifiers (trained on all the data) read as requested; "
-        f"chance "
-        f"{report['chance']:.3f}.",
+        f"chance {report['chance']:.3f}.",
         "",
         "| combinations | composed experts | joint model | test data (ceiling) |",
         "|---|---|---|---|",

@@ -42,7 +42,7 @@ from torch import Tensor
 from imagebm.classify import test_split
 from imagebm.evaluate import DOMAIN_DATASETS, domain_classifier, load_samples
 from imagebm.grid import save_grid
-from imagebm.metrics import DomainClassifier
+from imagebm.metrics import DomainClassifier, nearest
 from imagebm.models import ImageEBM
 from imagebm.sample import SampleConfig, eval_mode, sample_images
 from imagebm.train import (
@@ -118,20 +118,6 @@ def energy_summary(train: np.ndarray, test: np.ndarray) -> dict[str, float]:
             "gap_in_std": float((test.mean() - train.mean()) / pooled),
             "ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
             "histogram_overlap": histogram_overlap(train, test), "n": len(train)}
-
-
-def nearest(queries: Tensor, keys: Tensor, k: int, chunk: int = 4096) -> tuple[Tensor, Tensor]:
-    """Euclidean distances and indices of the ``k`` nearest ``keys`` rows of each query row."""
-    q = queries.flatten(1).double()
-    dists, idx = [], []
-    for start in range(0, len(keys), chunk):
-        d = torch.cdist(q, keys[start:start + chunk].flatten(1).double())
-        value, i = d.topk(min(k, d.shape[1]), dim=1, largest=False)
-        dists.append(value)
-        idx.append(i + start)
-    d, i = torch.cat(dists, 1), torch.cat(idx, 1)
-    order = d.argsort(1)[:, :k]
-    return d.gather(1, order), i.gather(1, order)
 
 
 @torch.no_grad()

@@ -46,6 +46,7 @@ from torch import Tensor
 from imagebm.classify import REFINE_STEP_SIZE, test_split
 from imagebm.evaluate import DOMAIN_DATASETS, domain_classifier
 from imagebm.grid import save_grid
+from imagebm.metrics import nearest
 from imagebm.models import ImageEBM
 from imagebm.sample import eval_mode
 from imagebm.train import (
@@ -203,26 +204,6 @@ def masked_scores(estimate: Tensor, truth: Tensor, mask: Tensor) -> dict[str, fl
     return {"mse": mse, "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
 
 
-def nearest_visible(queries: Tensor, visible: Tensor, train: Tensor,
-                    allowed: Tensor | None = None, chunk: int = 4096) -> Tensor:
-    """Index of the training image nearest each query on its visible pixels (squared error).
-
-    ``allowed`` (N, M) bool restricts the candidates (e.g. to the query's class).
-    """
-    q, v = (queries * visible).flatten(1), visible.flatten(1)
-    best = torch.full((len(q),), float("inf"))
-    index = torch.zeros(len(q), dtype=torch.int64)
-    for start in range(0, len(train), chunk):
-        x = train[start:start + chunk].flatten(1)
-        d = (q * queries.flatten(1)).sum(1, keepdim=True) - 2 * q @ x.T + v @ (x * x).T
-        if allowed is not None:
-            d = d.masked_fill(~allowed[:, start:start + chunk], float("inf"))
-        value, idx = d.min(1)
-        better = value < best
-        best, index = torch.where(better, value, best), torch.where(better, idx + start, index)
-    return index
-
-
 def reference_fills(corrupted: Tensor, masks: Tensor, labels: Tensor | None, run: ImageRun,
                     data_root: str | os.PathLike | None) -> dict[str, Tensor]:
     """Mean-image and nearest-neighbour fills of the masked pixels (class-wise with labels)."""
@@ -236,9 +217,9 @@ def reference_fills(corrupted: Tensor, masks: Tensor, labels: Tensor | None, run
                              else train.mean(0) for y in range(run.model.config.num_classes)])
         mean = means[labels]
         allowed = labels[:, None] == data.labels[None, :]
-    nearest = train[nearest_visible(corrupted, 1 - masks, train, allowed)]
+    nearest_fill = train[nearest(corrupted, train, 1, 1 - masks, allowed)[1][:, 0]]
     return {name: torch.where(masks > 0, fill, corrupted)
-            for name, fill in (("mean_fill", mean), ("nearest_neighbour", nearest))}
+            for name, fill in (("mean_fill", mean), ("nearest_neighbour", nearest_fill))}
 
 
 def _pick(n_available: int, num: int, seed: int) -> Tensor:

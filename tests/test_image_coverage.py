@@ -10,8 +10,9 @@ import torch
 from _image_fixtures import digits_classifier, tiny_digits_run
 
 from imagebm.cli import main
-from imagebm.coverage import CoverageConfig, coverage, histogram_overlap, nearest
+from imagebm.coverage import CoverageConfig, coverage, histogram_overlap
 from imagebm.datasets import load_dataset
+from imagebm.metrics import nearest
 
 
 @pytest.fixture(scope="module")

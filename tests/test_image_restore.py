@@ -12,12 +12,12 @@ import torch
 from _image_fixtures import digits_classifier, tiny_digits_run
 
 from imagebm.cli import main
+from imagebm.metrics import nearest
 from imagebm.restore import (
     DEFAULT_STEPS,
     RestoreConfig,
     box_mask,
     check_mask,
-    nearest_visible,
     restore,
     salt_and_pepper,
 )
@@ -71,13 +71,13 @@ def test_salt_and_pepper_sets_the_papers_values():
     assert torch.equal(y[mask == 0], x[mask == 0])
 
 
-def test_nearest_visible_ignores_masked_pixels():
+def test_nearest_on_visible_pixels_ignores_masked_pixels():
     train = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
     query = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])  # top row like image 1, bottom like 0
     top = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
-    assert nearest_visible(query, top, train).tolist() == [1]
-    assert nearest_visible(query, 1 - top, train).tolist() == [0]
-    assert nearest_visible(query, top, train, torch.tensor([[True, False]])).tolist() == [0]
+    assert nearest(query, train, 1, top)[1][:, 0].tolist() == [1]
+    assert nearest(query, train, 1, 1 - top)[1][:, 0].tolist() == [0]
+    assert nearest(query, train, 1, top, torch.tensor([[True, False]]))[1][:, 0].tolist() == [0]
 
 
 def test_saltpepper_known_and_blind(run):

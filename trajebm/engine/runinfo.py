@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from trajebm.engine.errors import UsageError
@@ -118,8 +119,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_save_npy(array: Any, path: str | os.PathLike) -> Path:
     """``numpy.save`` to ``path`` atomically (temp file, fsync, rename): never half-written."""
-    import numpy as np
-
     buf = io.BytesIO()
     np.save(buf, array)
     atomic_write_bytes(path, buf.getvalue())

@@ -122,14 +122,16 @@ def load_classifier(run_dir: str | os.PathLike | ImageRun, langevin_steps: int =
     return EnergyClassifier(run.model.to(device), langevin_steps, samples, sampler).eval()
 
 
-def test_split(cfg: ImageTrainConfig, data_root: str | os.PathLike | None = None) -> ImageData:
-    """The labelled held-out split the run's classifiers are scored on."""
+def test_split(cfg: ImageTrainConfig, data_root: str | os.PathLike | None = None,
+               labelled: bool = True) -> ImageData:
+    """The run's held-out split, labelled unless ``labelled`` is False (the one the run's
+    classifiers, restorations and likelihoods are scored on)."""
     if "test" not in dataset_spec(cfg.dataset).splits:
-        raise UsageError(f"{cfg.dataset} has no test split to classify")
+        raise UsageError(f"{cfg.dataset} has no test split to score")
     data = load_dataset(cfg.dataset, data_root, "test", image_size=cfg.image_size,
                         seed=cfg.train.seed, label_factor=cfg.label_factor,
                         factor_bins=cfg.factor_bins)
-    if data.labels is None:
+    if labelled and data.labels is None:
         raise UsageError(f"{cfg.dataset} test images have no labels (set label_factor)")
     return data
 

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from imagebm.datasets import ImageData, dataset_spec, load_dataset
-from imagebm.train import ImageRun, ImageTrainConfig, load_image_run, output_folder
+from imagebm.classify import test_split
+from imagebm.train import ImageRun, load_image_run, output_folder
 from trajebm.engine.errors import UsageError
 from trajebm.engine.likelihood import ais
 from trajebm.engine.runinfo import write_json, write_run_info
@@ -47,18 +47,6 @@ LEVELS = 256
 INIT_STD = 1.6
 """The AIS base N(0, INIT_STD²) in the sigmoid's coordinates: close to the logistic's spread
 (std 1.81), i.e. close to uniform on the pixel range."""
-
-
-def test_images(cfg: ImageTrainConfig, data_root: str | os.PathLike | None = None) -> ImageData:
-    """The run's held-out split (labels required only for a conditional run)."""
-    if "test" not in dataset_spec(cfg.dataset).splits:
-        raise UsageError(f"{cfg.dataset} has no test split to score")
-    data = load_dataset(cfg.dataset, data_root, "test", image_size=cfg.image_size,
-                        seed=cfg.train.seed, label_factor=cfg.label_factor,
-                        factor_bins=cfg.factor_bins)
-    if cfg.conditional and data.labels is None:
-        raise UsageError(f"{cfg.dataset} test images have no labels for a conditional run")
-    return data
 
 
 def dequantise(images: Tensor, generator: torch.Generator) -> Tensor:
@@ -93,7 +81,7 @@ def image_likelihood(run: str | os.PathLike | ImageRun, *, num: int = 100, chain
         raise UsageError(f"num must be positive, got {num}")
     run = run if isinstance(run, ImageRun) else load_image_run(run, device)
     cfg = run.config
-    data = test_images(cfg, data_root)
+    data = test_split(cfg, data_root, labelled=cfg.conditional)
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(data), generator=gen)[:num]
     x = dequantise(data.images[pick], gen).to(device)

@@ -23,6 +23,7 @@ import datetime
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -30,10 +31,10 @@ from bench_image_train import bench_preset
 from bench_train import matmul_flops, sync, trajectory_trainer
 
 from imagebm.models import build_model as build_image_model
-from imagebm.train import chain_init, model_config
-from trajebm.engine.buffer import ReplayBuffer
+from imagebm.train import contrastive_objective
+from imagebm.train import model_config as image_model_config
 from trajebm.engine.train import TensorBatches, TrainConfig, Trainer
-from trajebm.models import ModelConfig, build_model
+from trajebm.models import build_model, model_config
 from trajebm.rollout import predict_rollouts
 
 
@@ -69,6 +70,7 @@ def timed(fn, steps: int, rounds: int, device: torch.device) -> float:
 def image_trainer(args: argparse.Namespace, out: str, device: torch.device,
                   compile: bool | str) -> tuple[Trainer, str]:
     cfg = bench_preset(args)
+    cfg = replace(cfg, sampler=replace(cfg.sampler, compile=compile))
     m = cfg.model
     classes = 10 if cfg.conditional else 0
     shape = (m.channels, m.image_size, m.image_size)
@@ -76,15 +78,12 @@ def image_trainer(args: argparse.Namespace, out: str, device: torch.device,
     images = torch.rand((n, *shape))
     labels = torch.randint(max(classes, 1), (n,)) if classes else None
     torch.manual_seed(0)
-    model = build_image_model(model_config(cfg, classes))
-    buffer = ReplayBuffer(cfg.buffer_size, shape, chain_init(cfg.init, shape),
-                          cond_shape=() if classes else None, cond_dtype=torch.int64,
-                          dtype=torch.uint8, replay_prob=cfg.replay_prob)
-    tcfg = TrainConfig(steps=10**9, lr=cfg.train.lr, alpha=cfg.train.alpha,
-                       sampler=cfg.train.sampler, progress=False, compile=compile)
+    model = build_image_model(image_model_config(cfg, classes))
+    objective = contrastive_objective(model, cfg, shape, bool(classes))
+    tcfg = TrainConfig(steps=10**9, lr=cfg.train.lr, progress=False)
     label = (f"{args.preset} {m.arch}, batch {cfg.batch_size}, "
-             f"{cfg.train.sampler.steps} Langevin steps")
-    return Trainer(model, TensorBatches(images, labels, cfg.batch_size), buffer, tcfg, out,
+             f"{cfg.sampler.steps} Langevin steps")
+    return Trainer(model, TensorBatches(images, labels, cfg.batch_size), objective, tcfg, out,
                    device), label
 
 
@@ -102,7 +101,7 @@ def main() -> None:
             rows.append((f"trajectory EBM trainer (ebm-proposal, batch {args.traj_batch})",
                          name, 1 / sec, "steps/s"))
         torch.manual_seed(0)
-        model = build_model(ModelConfig(kind="ebm", proposal=True, init_noise=0.1))
+        model = build_model(model_config("ebm", proposal=True, init_noise=0.1))
         rng = np.random.default_rng(0)
         context = rng.standard_normal((16, 4, 31)).astype(np.float32)
         actions = rng.standard_normal((16, args.horizon, 20)).astype(np.float32)

@@ -33,8 +33,7 @@ from dataclasses import replace
 import torch
 
 from imagebm.models import build_model
-from imagebm.train import ImageTrainConfig, chain_init, model_config, preset
-from trajebm.engine.buffer import ReplayBuffer
+from imagebm.train import ImageTrainConfig, contrastive_objective, model_config, preset
 from trajebm.engine.train import TensorBatches, TrainConfig, Trainer, clip_to_adam_bound
 
 
@@ -53,8 +52,8 @@ def parse_args() -> argparse.Namespace:
 def bare_loop(model, images, labels, cfg, device):
     """The reference: plain CD with the paper's sampler and Adam clip, nothing else."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(0.0, 0.999))
-    s = cfg.train.sampler
-    capacity = cfg.buffer_size
+    s = cfg.sampler
+    capacity = cfg.contrastive.buffer_size
     buffer = torch.rand((capacity, *images.shape[1:]))
     gen = torch.Generator().manual_seed(0)
 
@@ -72,8 +71,8 @@ def bare_loop(model, images, labels, cfg, device):
         x = x.detach()
         e = model(torch.cat([x_pos, x]), None if y is None else torch.cat([y, y]))
         e_pos, e_neg = e[: len(x_pos)], e[len(x_pos):]
-        loss = e_pos.mean() - e_neg.mean() + cfg.train.alpha * (e_pos.pow(2).mean()
-                                                          + e_neg.pow(2).mean())
+        loss = e_pos.mean() - e_neg.mean() + cfg.contrastive.alpha * (e_pos.pow(2).mean()
+                                                                + e_neg.pow(2).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         clip_to_adam_bound(opt)
@@ -91,8 +90,7 @@ def bench_preset(args: argparse.Namespace) -> ImageTrainConfig:
     if args.width:
         cfg = replace(cfg, model=replace(cfg.model, width=args.width))
     if args.langevin_steps:
-        sampler = replace(cfg.train.sampler, steps=args.langevin_steps)
-        cfg = replace(cfg, train=replace(cfg.train, sampler=sampler))
+        cfg = replace(cfg, sampler=replace(cfg.sampler, steps=args.langevin_steps))
     return cfg
 
 
@@ -109,13 +107,10 @@ def main() -> None:
     torch.manual_seed(0)
     ours_model = build_model(model_config(cfg, classes)).to(device)
     bare_model = build_model(model_config(cfg, classes)).to(device)
-    buffer = ReplayBuffer(cfg.buffer_size, shape, chain_init(cfg.init, shape),
-                          cond_shape=() if classes else None, cond_dtype=torch.int64,
-                          dtype=torch.uint8, replay_prob=cfg.replay_prob)
-    tcfg = TrainConfig(steps=10**9, lr=cfg.train.lr, alpha=cfg.train.alpha,
-                       sampler=cfg.train.sampler, progress=False)
+    objective = contrastive_objective(ours_model, cfg, shape, bool(classes))
+    tcfg = TrainConfig(steps=10**9, lr=cfg.train.lr, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(ours_model, TensorBatches(images, labels, cfg.batch_size), buffer,
+        trainer = Trainer(ours_model, TensorBatches(images, labels, cfg.batch_size), objective,
                           tcfg, tmp, device)
         runs = {"bare CD loop (reference)": bare_loop(bare_model, images, labels, cfg, device),
                 "trajebm Trainer.train_step": trainer.train_step}
@@ -141,7 +136,7 @@ def main() -> None:
     print(f"{datetime.date.today()}, {platform.machine()}, device {args.device}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; preset {args.preset}: "
           f"{m.arch} width {m.width or 'default'}, {shape}, batch {cfg.batch_size}, "
-          f"{cfg.train.sampler.steps} Langevin steps")
+          f"{cfg.sampler.steps} Langevin steps")
     print("\n| implementation | iterations/s | vs bare loop |\n|---|---:|---:|")
     for name, ts in times.items():
         rate = args.iters / statistics.median(ts)

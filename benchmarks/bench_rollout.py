@@ -34,7 +34,7 @@ import trajebm.envs  # noqa: F401
 from trajebm.data.collection import RolloutCollector, episode_seeds
 from trajebm.data.policies import PolicyConfig, policy_actions
 from trajebm.engine.sampling import langevin
-from trajebm.models import ModelConfig, TrajectoryEBM, build_model
+from trajebm.models import TrajectoryEBM, build_model, model_config
 from trajebm.rollout import predict_rollouts
 
 ENV = "trajebm/ShadowHandBlock-v0"
@@ -117,16 +117,16 @@ def main() -> None:
     source = "reused" if args.sim_rate is not None else f"{args.sim_horizon or args.horizon} steps"
     print(f"| mujoco.rollout ({args.workers} threads, {source}) | {sim_rate:,.0f} | "
           f"{steps / sim_rate:.2f} | 1.00 | |")
-    head = dict(kind="ebm", proposal=True, init_noise=0.1)
-    rows = [("ebm-proposal, eager before chain_energy", head, None),
-            ("ebm-proposal, eager", head, False),
-            ("ebm-proposal, compiled", dict(kind="ebm", proposal=True, init_noise=0.1), True),
-            ("ebm (no head), eager", dict(kind="ebm"), False),
-            ("fc", dict(kind="fc"), False), ("ensemble", dict(kind="ensemble"), False)]
+    head = dict(proposal=True, init_noise=0.1)
+    rows = [("ebm-proposal, eager before chain_energy", "ebm", head, None),
+            ("ebm-proposal, eager", "ebm", head, False),
+            ("ebm-proposal, compiled", "ebm", head, True),
+            ("ebm (no head), eager", "ebm", {}, False),
+            ("fc", "fc", {}, False), ("ensemble", "ensemble", {}, False)]
     before = eager_time = float("nan")
-    for name, kwargs, compiled in rows:
+    for name, kind, kwargs, compiled in rows:
         torch.manual_seed(0)
-        config = ModelConfig(state_dim=states.shape[-1], **kwargs)
+        config = model_config(kind, state_dim=states.shape[-1], **kwargs)
         model = ProposeBefore(config) if compiled is None else build_model(config)
 
         def run(m=model, c=bool(compiled)):

@@ -42,9 +42,9 @@ def chain(model_name: str):
 
     torch.manual_seed(0)
     if model_name == "trajectory":
-        from trajebm.models import ModelConfig, build_model
+        from trajebm.models import build_model, model_config
 
-        model = build_model(ModelConfig(kind="ebm", state_dim=31, action_dim=20, proposal=True,
+        model = build_model(model_config("ebm", state_dim=31, action_dim=20, proposal=True,
                                         init_noise=0.1))
         cond = torch.randn(256, model.config.cond_dim)
         return lambda: model.propose(cond), model.config.sampler.steps

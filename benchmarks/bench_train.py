@@ -33,40 +33,38 @@ from dataclasses import replace
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trajebm.engine.buffer import ReplayBuffer
 from trajebm.engine.sampling import langevin
-from trajebm.engine.train import TensorBatches, Trainer
-from trajebm.fit import context_init, variant_config
+from trajebm.engine.train import Contrastive, TensorBatches, Trainer
+from trajebm.fit import objective
 from trajebm.models import build_model
+from trajebm.variants import variant_config
 
 
-class HeadEveryStep(Trainer):
+class HeadEveryStep(Contrastive):
     """The chains as they ran before ``chain_energy``: the model's forward at every step."""
 
     def _chains(self, x, cond, kl):
-        return langevin(self.model, x, cond, self.config.sampler, keep_last_graph=kl)
+        return langevin(self.model, x, cond, self.sampler, keep_last_graph=kl)
 
 
 def trajectory_trainer(out: str, device: torch.device, batch: int, compile: bool | str = False,
-                       trainer_class: type[Trainer] = Trainer, spec: str = "ebm-proposal"
-                       ) -> Trainer:
+                       objective_class: type[Contrastive] = Contrastive,
+                       spec: str = "ebm-proposal") -> Trainer:
     """A trainer as ``trajebm train --model SPEC`` builds it, on synthetic data of the hand's
     sizes (no dataset needed), without checkpoints or validation."""
     cfg = variant_config(spec)
-    mcfg = replace(cfg.model, state_dim=31, action_dim=20)
+    mcfg = replace(cfg.model, state_dim=31, action_dim=20,
+                   sampler=replace(cfg.model.sampler, compile=compile))
     torch.manual_seed(0)
     model = build_model(mcfg)
     n = 8 * batch
     gen = torch.Generator().manual_seed(0)
     x, cond = torch.randn(n, mcfg.out_dim, generator=gen), torch.randn(n, mcfg.cond_dim,
                                                                       generator=gen)
-    buffer = ReplayBuffer(cfg.buffer_capacity, (mcfg.out_dim,), context_init(model),
-                          cond_shape=(mcfg.cond_dim,), replay_prob=cfg.replay_prob)
-    tcfg = replace(cfg.train, sampler=mcfg.sampler, progress=False, validate_every=0,
-                   select_by=None, compile=compile, steps=10**9)
-    aux = model.proposal_loss if mcfg.proposal else None
-    return trainer_class(model, TensorBatches(x, cond, batch), buffer, tcfg, out, device,
-                         aux_loss=aux)
+    made = objective(model)
+    made = objective_class(model, made.sampler, made.buffer, made.config, made.aux_loss)
+    tcfg = replace(cfg.train, progress=False, validate_every=0, select_by=None, steps=10**9)
+    return Trainer(model, TensorBatches(x, cond, batch), made, tcfg, out, device)
 
 
 def sync(device: torch.device) -> None:
@@ -151,7 +149,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {
             "eager, head at every Langevin step (before)":
-                trajectory_trainer(f"{tmp}/a", device, args.batch, trainer_class=HeadEveryStep),
+                trajectory_trainer(f"{tmp}/a", device, args.batch, objective_class=HeadEveryStep),
             "eager (default)": trajectory_trainer(f"{tmp}/b", device, args.batch),
             "compiled (compile=true)": trajectory_trainer(f"{tmp}/c", device, args.batch, True),
         }

@@ -7,7 +7,7 @@ generated set (``imagebm ood``); then the median over seeds with a 95% bootstrap
 seeds, and the probability that an EBM score beats each softmax score on a set (rliable's
 estimator over (EBM run, reference run) pairs).
 
-Why: PAPER.md §3 claims energy is a useful OOD score and the conditional EBM a classifier; a
+Why: docs/paper.md §3 claims energy is a useful OOD score and the conditional EBM a classifier; a
 claim that one score beats another holds across seeds, not on one.
 
 Run: ``.venv/bin/python benchmarks/quality_classification.py --runs runs/digits-s{0..4}

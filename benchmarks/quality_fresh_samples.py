@@ -31,7 +31,7 @@ import argparse
 import numpy as np
 import torch
 
-from imagebm.evaluate import _split, classifier_factor, score_samples
+from imagebm.evaluate import classifier_factor, score_samples, scoring_split
 from imagebm.sample import SampleConfig, class_diversity, sample_images
 from imagebm.train import ImageRun, load_image_run
 from trajebm.engine.stats import median_interval, probability_of_improvement
@@ -63,7 +63,7 @@ def main() -> None:
     runs = [load_image_run(r) for r in args.runs]
     references = [load_image_run(r) for r in args.references]
     cfg = runs[0].config
-    data = _split(cfg, None, "test", args.num, 0, classifier_factor(cfg))
+    data = scoring_split(cfg, None, "test", args.num, 0, classifier_factor(cfg))
     data_diversity = class_diversity(data.float(), data.labels)
     own = SampleConfig(num=args.num, seed=args.seed)
     buffer = SampleConfig(num=args.num, start="buffer", chunks=0)
@@ -76,7 +76,7 @@ def main() -> None:
                 rows[f"{group} {kind}"] = [score(r, sampler, data_diversity) for r in members]
     s = SampleConfig().resolve(cfg)
     print(f"{cfg.dataset}, {args.num} samples per run; runs: {', '.join(args.runs)} (replay_prob "
-          f"{cfg.replay_prob}; fresh = {s.chunks} x {s.chunk_steps} steps, T = "
+          f"{cfg.contrastive.replay_prob}; fresh = {s.chunks} x {s.chunk_steps} steps, T = "
           f"{s.temperature:g}); references: {', '.join(args.references) or 'none'}\n")
     print("| samples | domain FID per seed | median [95% interval] | floor | label accuracy | "
           "diversity / data's |")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from trajebm.evaluate import fd_per_step, load_test_set
-from trajebm.models import load_model
+from trajebm.modelio import load_model
 from trajebm.rollout import predict_rollouts
 
 STEPS = (10, 50, 96)

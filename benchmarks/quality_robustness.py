@@ -6,7 +6,7 @@ median accuracy over seeds with a 95% bootstrap interval for the softmax referen
 and the Langevin-refined EBM (its worst case over direct PGD and transfer), and the
 probability that the refined EBM beats the softmax classifier (rliable's estimator).
 
-Why: PAPER.md §3 claims the refined EBM is more robust than a standard classifier at large ε;
+Why: docs/paper.md §3 claims the refined EBM is more robust than a standard classifier at large ε;
 a claim that one model beats another holds across seeds, not on one.
 
 Run: ``.venv/bin/python benchmarks/quality_robustness.py --reports runs/rob/s{0..4}

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from trajebm.data import storage
+from trajebm.data.metadata import DatasetInfo, read_info
 from trajebm.engine.errors import UsageError
 
 CACHE_DIR = ".trajebm-cache"
@@ -108,13 +109,12 @@ def _read(fid: h5py.h5f.FileID, path: str) -> np.ndarray:
     return out
 
 
-def _fill(root: Path, data_dir: Path, metadata: dict[str, Any], make: MakeArray,
+def _fill(root: Path, data_dir: Path, info: DatasetInfo, make: MakeArray,
           progress: bool) -> dict[str, Any]:
     """Read every episode once into arrays from ``make(name, shape, dtype)``, sized by the
     metadata's totals; check each episode's shapes and values on the way."""
-    own = metadata["trajebm"]
-    dim, action_dim = own["state_dim"], own["action_dim"]
-    n, steps = int(metadata["total_episodes"]), int(metadata["total_steps"])
+    dim, action_dim = info.state_dim, info.action_dim
+    n, steps = info.total_episodes, info.total_steps
     out = {"states": make("states", (steps + n, dim), np.float32),
            "actions": make("actions", (steps, action_dim), np.float32),
            "state_start": np.zeros(n + 1, dtype=np.int64)}
@@ -156,7 +156,7 @@ def _fill(root: Path, data_dir: Path, metadata: dict[str, Any], make: MakeArray,
     return out
 
 
-def _build(root: Path, data_dir: Path, metadata: dict[str, Any], folder: Path,
+def _build(root: Path, data_dir: Path, info: DatasetInfo, folder: Path,
            key: dict[str, Any], progress: bool) -> None:
     """Write the cache into ``folder`` via a temporary sibling folder and a rename (under the
     lock, so no reader is between the removal of a stale cache and the rename)."""
@@ -167,7 +167,7 @@ def _build(root: Path, data_dir: Path, metadata: dict[str, Any], folder: Path,
         def make(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
             return np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", dtype, shape)
 
-        arrays = _fill(root, data_dir, metadata, make, progress)
+        arrays = _fill(root, data_dir, info, make, progress)
         for name in _ARRAYS:
             value = arrays[name]
             if isinstance(value, np.memmap):
@@ -193,21 +193,22 @@ def _current(folder: Path, key: dict[str, Any]) -> bool:
         return False
 
 
-def cache_bytes(metadata: dict[str, Any]) -> int:
+def cache_bytes(info: DatasetInfo) -> int:
     """The size of the cache of a dataset: float32 states and actions, float64 moments."""
-    n, steps = metadata["total_episodes"], metadata["total_steps"]
-    dim, action_dim = metadata["trajebm"]["state_dim"], metadata["trajebm"]["action_dim"]
+    n, steps, dim, action_dim = (info.total_episodes, info.total_steps, info.state_dim,
+                                 info.action_dim)
     return 4 * ((steps + n) * dim + steps * action_dim) + 16 * n * (dim + action_dim) + 8 * n
 
 
 def episode_arrays(root: str | os.PathLike, progress: bool = True
-                   ) -> tuple[dict[str, Any], EpisodeArrays]:
-    """Metadata and :class:`EpisodeArrays` of the dataset at ``root`` (DIR or DIR/data).
+                   ) -> tuple[DatasetInfo, EpisodeArrays]:
+    """:class:`DatasetInfo` and :class:`EpisodeArrays` of the dataset at ``root`` (DIR or
+    DIR/data).
 
     Memory-mapped from the cache beside the dataset, built first if missing or stale. A
     current cache in a folder this process cannot write (a read-only share) is still used.
     """
-    data_dir, metadata = storage.read_metadata(root)
+    data_dir, info = read_info(root)
     key = _key(data_dir)
     cache = data_dir.parent / CACHE_DIR
     folder = cache / "current"
@@ -216,24 +217,24 @@ def episode_arrays(root: str | os.PathLike, progress: bool = True
         lock = open(cache / "lock", "a")
     except OSError as err:
         if _current(folder, key):
-            return metadata, _open(folder)
-        return metadata, _in_memory(root, data_dir, metadata, progress,
-                                    f"cannot write in {cache}: {err.strerror}")
+            return info, _open(folder)
+        return info, _in_memory(root, data_dir, info, progress,
+                                f"cannot write in {cache}: {err.strerror}")
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _current(folder, key):
-            return metadata, _open(folder)
-        need = cache_bytes(metadata)
+            return info, _open(folder)
+        need = cache_bytes(info)
         if shutil.disk_usage(cache).free < 1.1 * need:
-            return metadata, _in_memory(root, data_dir, metadata, progress,
-                                        f"{cache} has not the {need / 1e9:.1f} GB free")
-        _build(Path(root), data_dir, metadata, folder, key, progress)
-        return metadata, _open(folder)
+            return info, _in_memory(root, data_dir, info, progress,
+                                    f"{cache} has not the {need / 1e9:.1f} GB free")
+        _build(Path(root), data_dir, info, folder, key, progress)
+        return info, _open(folder)
 
 
-def _in_memory(root: str | os.PathLike, data_dir: Path, metadata: dict[str, Any],
+def _in_memory(root: str | os.PathLike, data_dir: Path, info: DatasetInfo,
                progress: bool, why: str) -> EpisodeArrays:
     warnings.warn(f"no read cache ({why}); reading the dataset into memory", stacklevel=3)
-    arrays = _fill(Path(root), data_dir, metadata,
+    arrays = _fill(Path(root), data_dir, info,
                    lambda _, shape, dtype: np.empty(shape, dtype), progress)
     return EpisodeArrays(**{name: arrays[name] for name in _ARRAYS})

@@ -11,18 +11,21 @@ only (exact, from per-episode moments).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from trajebm.data.cache import episode_arrays
+from trajebm.data.metadata import DatasetInfo
 from trajebm.engine.errors import UsageError
+from trajebm.engine.normalize import RELATIVE_FLOOR, NormStats
+
+__all__ = ["RELATIVE_FLOOR", "SPLITS", "NormStats", "TrajectoryDataset", "Windows",
+           "dataset_info", "format_info"]
 
 SPLITS = ("train", "val", "test", "all")
-RELATIVE_FLOOR = 0.01
-ABSOLUTE_FLOOR = 1e-6
 
 
 class Windows(NamedTuple):
@@ -37,47 +40,6 @@ class Windows(NamedTuple):
     next_state: np.ndarray
 
 
-@dataclass(frozen=True)
-class NormStats:
-    """Per-dimension mean and standard deviation, floored so near-constant dims stay tame.
-
-    A dimension that barely moves in the data (a locked joint, a resting object) would be
-    blown up by z-scoring until numerical noise dominates every distance and gradient. Its std
-    is raised to ``RELATIVE_FLOOR`` times the median std of all dimensions; ``floored`` lists
-    the dimensions that hit the floor.
-    """
-
-    mean: np.ndarray
-    std: np.ndarray
-    floored: tuple[int, ...] = ()
-
-    def normalize(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) / self.std
-
-    def denormalize(self, z: np.ndarray) -> np.ndarray:
-        return z * self.std + self.mean
-
-    @classmethod
-    def of(cls, x: np.ndarray, dtype: str | np.dtype = "float64") -> NormStats:
-        """Statistics of the rows of ``x``, computed in float64 and stored as ``dtype``."""
-        x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-        return cls._with_floor(x.mean(axis=0), x.std(axis=0), dtype)
-
-    @classmethod
-    def of_moments(cls, moments: tuple[int, np.ndarray, np.ndarray],
-                   dtype: str | np.dtype = "float64") -> NormStats:
-        """Statistics from (count, mean, centred sum of squares) (``EpisodeArrays.moments``)."""
-        count, mean, m2 = moments
-        return cls._with_floor(mean, np.sqrt(m2 / count), dtype)
-
-    @classmethod
-    def _with_floor(cls, mean: np.ndarray, std: np.ndarray, dtype: str | np.dtype) -> NormStats:
-        """Mean and std as ``dtype``, the std raised to the floor (class docstring)."""
-        floor = max(RELATIVE_FLOOR * float(np.median(std)), ABSOLUTE_FLOOR)
-        floored = tuple(int(i) for i in np.flatnonzero(std < floor))
-        return cls(mean.astype(dtype), np.maximum(std, floor).astype(dtype), floored)
-
-
 class TrajectoryDataset:
     """A collected dataset split by trajectory, cut into windows of ``context`` states.
 
@@ -88,6 +50,7 @@ class TrajectoryDataset:
     returns is ``dtype`` (use float32 for torch training) holding float32-rounded values, also
     for float64; the statistics come from the stored values exactly. For large datasets use
     :meth:`window_starts` and :meth:`gather` (a batch at a time) rather than :meth:`windows`.
+    What the metadata says (env, state names, time step, ...) is :attr:`info`.
     """
 
     def __init__(self, path: str | os.PathLike, context: int = 4, test_fraction: float = 0.1,
@@ -103,7 +66,8 @@ class TrajectoryDataset:
         self.context = context
         self.dtype = np.dtype(dtype)
         self.split = {"seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction}
-        self.metadata, self.arrays = episode_arrays(path, progress)
+        self.info: DatasetInfo
+        self.info, self.arrays = episode_arrays(path, progress)
         lengths = self.arrays.lengths
         short = np.flatnonzero(lengths < context)
         if len(short):
@@ -128,19 +92,28 @@ class TrajectoryDataset:
         self.action_stats = NormStats.of_moments(self.arrays.moments(train, "action"), dtype)
 
     @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The raw ``metadata.json`` document; read :attr:`info` instead where it has the key."""
+        return self.info.document
+
+    @property
     def state_names(self) -> list[str]:
-        return list(self.metadata["trajebm"]["state_names"])
+        """The name of each state dimension."""
+        return list(self.info.state_names)
 
     @property
     def state_dim(self) -> int:
+        """State width D."""
         return self.arrays.states.shape[1]
 
     @property
     def action_dim(self) -> int:
+        """Action width A."""
         return self.arrays.actions.shape[1]
 
     @property
     def num_episodes(self) -> int:
+        """Episodes in the dataset (all splits)."""
         return self.arrays.num_episodes
 
     def _ids(self, split: str) -> np.ndarray:
@@ -214,27 +187,26 @@ def _split_size(fraction: float, n: int) -> int:
 
 def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
     """A summary of the dataset at ``path``: sizes, dims, policy, seeds and versions."""
-    metadata, arrays = episode_arrays(path, progress=False)
-    own = metadata["trajebm"]
+    info, arrays = episode_arrays(path, progress=False)
     lengths = arrays.lengths
     ids = np.arange(arrays.num_episodes)
     floored = NormStats.of_moments(arrays.moments(ids)).floored if len(ids) else ()
     return {
         "path": str(path),
-        "dataset_id": metadata["dataset_id"],
-        "env_id": own["env_id"],
+        "dataset_id": info.dataset_id,
+        "env_id": info.env_id,
         "episodes": len(lengths),
         "steps": int(lengths.sum()),
         "episode_length": (int(lengths.min()), int(lengths.max())) if len(ids) else (0, 0),
-        "state_dim": own["state_dim"],
-        "action_dim": own["action_dim"],
-        "include_velocities": own["include_velocities"],
-        "policy": own["policy"],
-        "seed": own["seed"],
-        "versions": own["collection"]["versions"],
-        "git_commit": own["git_commit"],
-        "minari_version": metadata["minari_version"],
-        "normalization_floored": [own["state_names"][i] for i in floored],
+        "state_dim": info.state_dim,
+        "action_dim": info.action_dim,
+        "include_velocities": info.include_velocities,
+        "policy": dict(info.policy),
+        "seed": info.seed,
+        "versions": info.simulator_versions,
+        "git_commit": info.git_commit,
+        "minari_version": info.minari_version,
+        "normalization_floored": [info.state_names[i] for i in floored],
     }
 
 

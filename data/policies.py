@@ -46,12 +46,20 @@ class PolicyConfig:
     """
 
     name: str = "scripted"
+    """random | ou | scripted | pd, or module:function, a closed-loop policy(states (N, D),
+    step) -> actions (N, 20)."""
     random_every: int = 0
+    """Replace every K-th action by a uniform random one (0: never)."""
     ou_theta: float = 0.15
+    """Mean reversion per step of the ou policy."""
     ou_sigma: float = 0.3
+    """Noise std per step of the ou policy."""
     scripted_hold: tuple[int, int] = (8, 20)
+    """Range of steps the scripted policy takes to reach each new target pose."""
     scripted_amplitude: float = 0.9
+    """Largest joint target of the scripted policy (actions are in [-1, 1])."""
     action_noise: float = 0.0
+    """Add Gaussian noise of this std to every action, then clip to [-1, 1]."""
 
     def __post_init__(self) -> None:
         if callable(self.name):

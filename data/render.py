@@ -48,18 +48,19 @@ def render_episode(path: str | os.PathLike, episode: int, out: str | os.PathLike
         raise UsageError(f"output must end in .mp4, .gif or .png, got {out.name!r}")
     if every <= 0 or width <= 0 or height <= 0:
         raise UsageError("--every, --width and --height must be positive")
-    metadata, arrays = episode_arrays(path, progress=False)
+    info, arrays = episode_arrays(path, progress=False)
     if not 0 <= episode < arrays.num_episodes:
         raise UsageError(f"episode {episode} out of range; the dataset has "
                          f"{arrays.num_episodes}")
-    own = metadata["trajebm"]
+    if info.dt is None:
+        raise UsageError(f"{path} holds {info.env_id} data, which has no simulator to render")
     states = arrays.states[arrays.state_start[episode] : arrays.state_start[episode + 1]]
     chosen = states[::every].astype(np.float64)
     if suffix == ".png":
         chosen = states[np.linspace(0, len(states) - 1, STRIP_FRAMES).astype(int)].astype(float)
-    frames = render_frames(own["env_id"], chosen, width, height, own["include_velocities"])
+    frames = render_frames(info.env_id, chosen, width, height, info.include_velocities)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fps = max(1, round(1.0 / (own["dt"] * every)))
+    fps = max(1, round(1.0 / (info.dt * every)))
     if suffix == ".png":
         imageio.imwrite(out, np.concatenate(list(frames), axis=1))
     elif suffix == ".gif":

@@ -28,6 +28,10 @@ METADATA_FILE = "metadata.json"
 MINARI_FORMAT_VERSION = "0.5.4"
 FORMAT_NAME = "trajebm-shadowhand"
 SHARD_FORMAT_NAME = "trajebm-shadowhand-shard"
+PARTIAL_DIR = ".partial"
+"""Where a collection keeps its finished chunks until it is done (``DIR/.partial/``)."""
+MANIFEST_FILE = "collect.json"
+"""The settings of an unfinished collection, in :data:`PARTIAL_DIR` (what resume must match)."""
 DATASET_ID_RE = re.compile(r"^(?:[-_\w][-_\w/]*[-_\w]+/)?[-_\w]+?(?:-v\d+)?$")
 
 
@@ -44,6 +48,7 @@ class Episode:
 
     @property
     def length(self) -> int:
+        """Steps T (actions) of the episode."""
         return len(self.actions)
 
 
@@ -126,6 +131,13 @@ def default_dataset_id(out: Path) -> str:
     if not re.search(r"-v\d+$", name):
         name += "-v0"
     return name
+
+
+def check_dataset_id(dataset_id: str) -> str:
+    """``dataset_id`` if it is a valid minari id ``(namespace/)name-vN``, else UsageError."""
+    if not DATASET_ID_RE.match(dataset_id):
+        raise UsageError(f"invalid dataset id {dataset_id!r}; use (namespace/)name-vN")
+    return dataset_id
 
 
 def write_metadata(data_dir: Path, metadata: dict[str, Any]) -> None:

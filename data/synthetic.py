@@ -16,8 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from trajebm.data import storage
+from trajebm.data.metadata import synthetic_document
 from trajebm.engine.errors import UsageError
-from trajebm.engine.runinfo import git_commit, package_versions
 
 SYNTHETIC_ENV = "synthetic"
 _BLOCK = 1000
@@ -53,34 +53,7 @@ def write_synthetic_dataset(out: str | os.PathLike, episodes: int, length: int =
                     id=first + j, seed=seed, observations=states[j], actions=actions[j],
                     rewards=np.zeros(length), goal=np.zeros(0)))
             bar.update(n)
-    box = storage.serialize_box
-    metadata = {
-        "dataset_id": storage.default_dataset_id(out),
-        "minari_version": storage.MINARI_FORMAT_VERSION,
-        "total_episodes": episodes,
-        "total_steps": episodes * length,
-        "data_format": "hdf5",
-        "observation_space": box(np.full(state_dim, -np.inf), np.full(state_dim, np.inf),
-                                 "float64"),
-        "action_space": box(-np.ones(action_dim), np.ones(action_dim), "float32"),
-        "env_spec": None,
-        "algorithm_name": "trajebm synthetic random walks",
-        "trajebm": {
-            "format": storage.FORMAT_NAME,
-            "format_version": 1,
-            "env_id": SYNTHETIC_ENV,
-            "state_dim": state_dim,
-            "action_dim": action_dim,
-            "state_names": [f"synthetic:{i}" for i in range(state_dim)],
-            "include_velocities": False,
-            "policy": {"name": "synthetic"},
-            "seed": seed,
-            "episodes": episodes,
-            "length": length,
-            "collection": {"config": None, "versions": package_versions(("numpy", "h5py"))},
-            "versions": package_versions(),
-            "git_commit": git_commit(),
-        },
-    }
+    metadata = synthetic_document(storage.default_dataset_id(out), SYNTHETIC_ENV, episodes,
+                                  length, state_dim, action_dim, seed)
     storage.write_metadata(data_dir, metadata)
     return out

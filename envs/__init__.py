@@ -2,7 +2,8 @@
 
 Importing this package selects headless EGL rendering (unless ``MUJOCO_GL`` is set; it must
 be chosen before MuJoCo loads its GL backend) and registers ``trajebm/ShadowHandBlock-v0``,
-``trajebm/ShadowHandEgg-v0`` and ``trajebm/ShadowHandPen-v0``. The mujoco >= 3.12 fix for
+``trajebm/ShadowHandEgg-v0`` and ``trajebm/ShadowHandPen-v0``. :class:`Simulator` steps batches of
+their states outside gymnasium (:mod:`trajebm.envs.simulator`). The mujoco >= 3.12 fix for
 gymnasium-robotics (:mod:`trajebm.envs.compat`) is applied when an env is built, not on import.
 """
 
@@ -26,6 +27,7 @@ from trajebm.envs.shadow_hand import (  # noqa: E402
     get_state,
     set_state,
 )
+from trajebm.envs.simulator import Simulator  # noqa: E402
 
 ENV_IDS = {f"trajebm/ShadowHand{name.capitalize()}-v0": name for name in HAND_CLASSES}
 MAX_EPISODE_STEPS = 100
@@ -43,6 +45,7 @@ __all__ = [
     "ENV_IDS",
     "MAX_EPISODE_STEPS",
     "ShadowHandEnv",
+    "Simulator",
     "StateLayout",
     "control_from_action",
     "get_state",

@@ -43,10 +43,12 @@ class StateLayout:
 
     @property
     def dim(self) -> int:
+        """State width."""
         return len(self.names)
 
     @property
     def include_velocities(self) -> bool:
+        """Whether the state holds velocities after the positions."""
         return len(self.qvel_index) > 0
 
     @classmethod
@@ -138,18 +140,22 @@ class ShadowHandEnv(gym.Env):
 
     @property
     def model(self) -> mujoco.MjModel:
+        """The MuJoCo model of the hand and object."""
         return self.hand.model
 
     @property
     def data(self) -> mujoco.MjData:
+        """The simulator's current state."""
         return self.hand.data
 
     @property
     def dt(self) -> float:
+        """Seconds per env step (``n_substeps`` MuJoCo steps)."""
         return self.hand.dt
 
     @property
     def goal(self) -> np.ndarray:
+        """The goal orientation sampled at reset."""
         return self.hand.goal.copy()
 
     def state_vector(self) -> np.ndarray:
@@ -160,13 +166,16 @@ class ShadowHandEnv(gym.Env):
         """Put the simulator into ``state`` so it can be rendered or simulated onwards."""
         self.layout.write_state(self.model, self.data, state)
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
+    def reset(self, *, seed: int | None = None, options: dict | None = None
+              ) -> tuple[np.ndarray, dict]:
+        """gymnasium's reset: the hand env's reset distribution; returns (state, {goal})."""
         super().reset(seed=seed)
         self.hand.reset(seed=seed)
         self._np_random = self.hand.np_random
         return self.state_vector(), {"goal": self.goal}
 
-    def step(self, action):
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """gymnasium's step: one action held for ``n_substeps`` MuJoCo steps."""
         _, reward, _, _, info = self.hand.step(np.asarray(action, dtype=np.float32))
         info = {"is_success": bool(info["is_success"]), "goal": self.goal}
         return self.state_vector(), float(reward), False, False, info
@@ -176,10 +185,12 @@ class ShadowHandEnv(gym.Env):
         pose = states[..., self.layout.quat_slice.start - 3 : self.layout.quat_slice.stop]
         return np.asarray(self.hand.compute_reward(pose, np.broadcast_to(goal, pose.shape), None))
 
-    def render(self):
+    def render(self) -> np.ndarray | None:
+        """An RGB frame in ``rgb_array`` mode, else None."""
         return self.hand.render() if self.render_mode == "rgb_array" else None
 
     def close(self) -> None:
+        """Release the renderer and the simulator."""
         self.hand.close()
 
 

@@ -4,7 +4,7 @@
 images (N, C, H, W) in [0, 1] to logits ``-E(x, y)`` for every class y, so any attack or
 evaluation code uses it unchanged (argmax of the logits = argmin of the energy). With
 ``langevin_steps > 0`` each class hypothesis first refines its own copy of the input by
-Langevin dynamics on ``E(., y)`` (the paper's defence, PAPER.md §3); the chain is kept in the
+Langevin dynamics on ``E(., y)`` (the paper's defence, docs/paper.md §3); the chain is kept in the
 autograd graph, so gradients of the logits reach the input *through* the refinement, and
 ``samples`` chains are averaged.
 
@@ -17,7 +17,6 @@ and prints both test accuracies.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -31,7 +30,8 @@ from tqdm.auto import tqdm
 
 from imagebm.datasets import ImageData, dataset_spec, load_dataset
 from imagebm.models import ImageEBM, ImageEBMConfig, build_model
-from imagebm.train import ImageRun, ImageTrainConfig, load_image_run, load_training_data
+from imagebm.presets import ImageTrainConfig
+from imagebm.train import ImageRun, load_image_run, load_training_data
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
 from trajebm.engine.modelfile import load_model_file, save_model_file
@@ -52,7 +52,7 @@ def refine_sampler(run_cfg: ImageTrainConfig, steps: int,
     presets) with its gradient clip moves each pixel up to 0.1 per step, which erases a digit
     in ten steps rather than cleaning it.
     """
-    return replace(run_cfg.train.sampler, steps=steps, bounds=(0.0, 1.0),
+    return replace(run_cfg.sampler, steps=steps, bounds=(0.0, 1.0),
                    step_size=REFINE_STEP_SIZE if step_size is None else step_size,
                    step_size_end=None)
 
@@ -156,9 +156,13 @@ class ReferenceConfig:
     """How the softmax reference trains: defaults are the EBM run's steps, batch, lr and seed."""
 
     steps: int
+    """Training steps."""
     batch_size: int
+    """Images per step."""
     lr: float
+    """Adam's learning rate."""
     seed: int
+    """Seeds the weights and the batches."""
 
 
 def reference_config(cfg: ImageTrainConfig, **overrides: Any) -> ReferenceConfig:
@@ -231,50 +235,38 @@ def reference_for(run: ImageRun, reference: str | os.PathLike | None = None,
     return load_reference(path, device)
 
 
+@dataclass
+class ClassifyConfig:
+    """What ``imagebm classify`` scores: refinement lengths and chains averaged."""
+
+    langevin_steps: tuple[int, ...] = (0,)
+    """Refinement lengths to score (0 = plain argmin energy)."""
+    samples: int = 1
+    """Refinement chains averaged."""
+
+    def __post_init__(self) -> None:
+        self.langevin_steps = tuple(self.langevin_steps)
+        if not self.langevin_steps or min(self.langevin_steps) < 0 or self.samples < 1:
+            raise UsageError("--langevin-steps must be >= 0 and --samples >= 1")
+
+
 def classify_report(run_dir: str | os.PathLike, langevin_steps: tuple[int, ...] = (0,),
                     samples: int = 1, reference: str | os.PathLike | None = None,
                     data_root: str | os.PathLike | None = None, device: str = "cpu",
-                    progress: bool = True) -> dict[str, Any]:
-    """Test accuracy of the EBM classifier (per refinement length) and of its reference."""
+                    progress: bool = True, out: str | os.PathLike | None = None
+                    ) -> dict[str, Any]:
+    """Test accuracy of the EBM classifier (per refinement length) and of its reference;
+    also written to the JSON file ``out`` when given."""
+    cfg = ClassifyConfig(langevin_steps, samples)
     run = load_image_run(run_dir, device)
     data = test_split(run.config, data_root)
     x, y = data.float(), data.labels
-    ebm = {str(k): accuracy(load_classifier(run, k, samples, device), x, y)
-           for k in langevin_steps}
+    ebm = {str(k): accuracy(load_classifier(run, k, cfg.samples, device), x, y)
+           for k in cfg.langevin_steps}
     softmax = accuracy(reference_for(run, reference, data_root, device, progress), x, y)
-    return {"run": str(run.path), "dataset": data.name, "test_images": len(data),
-            "ebm_accuracy": ebm, "softmax_accuracy": softmax, "samples": samples,
-            "refine_sampler": asdict(refine_sampler(run.config, max(langevin_steps)))}
-
-
-def run_classify(args: argparse.Namespace) -> int:
-    if any(k < 0 for k in args.langevin_steps) or args.samples < 1:
-        raise UsageError("--langevin-steps must be >= 0 and --samples >= 1")
-    report = classify_report(args.run, tuple(args.langevin_steps), args.samples, args.reference,
-                             args.data_root, args.device, progress=not args.quiet)
-    print(f"{report['dataset']} test, {report['test_images']} images")
-    for steps, acc in report["ebm_accuracy"].items():
-        print(f"  EBM, argmin_y E(x, y), {steps:>3} Langevin steps: {acc:.4f}")
-    print(f"  softmax reference (same backbone):          {report['softmax_accuracy']:.4f}")
-    if args.out:
-        write_json(Path(args.out), report)
-        print(f"wrote {args.out}")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``imagebm classify``."""
-    p = subparsers.add_parser("classify", help="test accuracy of a conditional EBM as a "
-                              "classifier beside a softmax classifier of the same backbone")
-    p.add_argument("--run", required=True, help="conditional run folder from `imagebm train`")
-    p.add_argument("--langevin-steps", type=int, nargs="+", default=[0],
-                   help="refinement lengths to score (0 = plain argmin energy)")
-    p.add_argument("--samples", type=int, default=1, help="refinement chains averaged")
-    p.add_argument("--reference", default=None,
-                   help="softmax reference folder (default RUN/softmax, trained if absent)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--out", default=None, help="also write the report to this JSON file")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run_classify)
-
+    report = {"run": str(run.path), "dataset": data.name, "test_images": len(data),
+              "ebm_accuracy": ebm, "softmax_accuracy": softmax, "samples": cfg.samples,
+              "refine_sampler": asdict(refine_sampler(run.config, max(cfg.langevin_steps)))}
+    if out:
+        write_json(Path(out), report)
+    return report

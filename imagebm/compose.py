@@ -1,4 +1,4 @@
-"""Compose separately trained conditional EBMs: sample the sum of their energies (PAPER.md §3).
+"""Compose separately trained conditional EBMs: sample the sum of their energies (docs/paper.md §3).
 
 ``imagebm compose --runs RUN_A RUN_B --labels LA LB --out DIR`` samples
 ``exp(-(E_A(x | LA) + E_B(x | LB)))`` — a product of experts, each with its own condition
@@ -6,7 +6,7 @@
 fresh-chain noise, and writes ``samples.npy`` (N, C, H, W) in [0, 1], ``samples.png`` and
 ``run.json``. The chains use the first run's sampler (step size, noise) and evaluation gradient
 clip, for as many steps as that run's fresh samples take unless told (200 for persistent runs,
-the training chain's length for short-run runs, :func:`imagebm.train.short_run`).
+the training chain's length for short-run runs, :func:`imagebm.presets.short_run`).
 
 :func:`compositional_generalisation` is the paper's point at CPU scale: on procedural dSprites,
 one conditional model per factor and one model conditioned on the joint combination are trained
@@ -19,7 +19,6 @@ compositional generalisation. ``imagebm compose-experiment --out DIR`` runs it a
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import time
@@ -41,14 +40,13 @@ from imagebm.datasets import (
 )
 from imagebm.grid import save_grid
 from imagebm.metrics import DomainClassifier, train_domain_classifier
+from imagebm.presets import ImageTrainConfig, preset
 from imagebm.train import (
     MODEL_FILE,
     ImageRun,
-    ImageTrainConfig,
     chain_init,
     load_image_run,
     output_folder,
-    preset,
     train_images,
 )
 from trajebm.engine.device import resolve_device
@@ -64,21 +62,23 @@ from trajebm.engine.sampling import Expert, langevin
 
 @dataclass
 class ComposeConfig:
-    """Sampler of a composition: ``num`` chains of ``steps`` Langevin steps from noise.
-
-    ``steps`` and ``grad_clip`` None take the first run's (:func:`chain_steps`, its
-    ``eval_grad_clip``).
-    """
+    """Sampler of a composition: ``num`` chains of ``langevin_steps`` steps from noise."""
 
     num: int = 64
-    steps: int | None = None
+    """Chains (images) to sample."""
+    langevin_steps: int | None = None
+    """Langevin steps from noise (default: the first run's fresh-sample chain, 200 steps for
+    persistent runs)."""
     grad_clip: float | None = None
+    """Gradient clip (default: the first run's evaluation clip)."""
     temperature: float = 1.0
+    """Multiplies the chains' noise variance."""
     seed: int = 0
+    """Seeds the chains' starts and noise."""
 
     def __post_init__(self) -> None:
-        if self.num < 1 or (self.steps is not None and self.steps < 1):
-            raise UsageError("num and steps must be >= 1")
+        if self.num < 1 or (self.langevin_steps is not None and self.langevin_steps < 1):
+            raise UsageError("num and langevin_steps must be >= 1")
         if self.temperature <= 0 or (self.grad_clip is not None and self.grad_clip <= 0):
             raise UsageError("temperature and grad_clip must be positive")
 
@@ -143,7 +143,7 @@ def compose_images(runs: Sequence[ImageRun | str | os.PathLike], labels: Sequenc
     first = loaded[0]
     m = first.model.config
     clip = first.config.eval_grad_clip if cfg.grad_clip is None else cfg.grad_clip
-    sampler = replace(first.config.train.sampler, steps=cfg.steps or chain_steps(first),
+    sampler = replace(first.config.sampler, steps=cfg.langevin_steps or chain_steps(first),
                       grad_clip=clip, temperature=cfg.temperature, bounds=(0.0, 1.0))
     experts = [Expert(run.model.to(device).eval(), y.to(device))
                for run, y in zip(loaded, rows, strict=True)]
@@ -154,21 +154,22 @@ def compose_images(runs: Sequence[ImageRun | str | os.PathLike], labels: Sequenc
     return langevin(experts, x.to(device), None, sampler).cpu()
 
 
-def run_compose(args: argparse.Namespace) -> int:
-    out = output_folder(args.out, "composed")
-    cfg = ComposeConfig(num=args.num, steps=args.steps, grad_clip=args.grad_clip,
-                        temperature=args.temperature, seed=args.seed)
-    runs = [load_image_run(r) for r in args.runs]
-    check_composable(runs, args.labels, cfg.num)  # before anything is written
-    cfg = replace(cfg, steps=cfg.steps or chain_steps(runs[0]))
-    images = compose_images(runs, args.labels, cfg, args.device)
+def compose_to_folder(run_dirs: Sequence[str | os.PathLike], labels: Sequence[int],
+                      out_dir: str | os.PathLike, config: ComposeConfig | None = None,
+                      device: str | torch.device | None = None) -> tuple[Path, Tensor]:
+    """Compose the runs (:func:`compose_images`, checked before anything is written) into
+    ``out_dir``: ``samples.npy``, ``samples.png`` and ``run.json``."""
+    out = output_folder(out_dir, "composed")
+    runs = [load_image_run(r) for r in run_dirs]
+    cfg = config or ComposeConfig()
+    check_composable(runs, labels, cfg.num)
+    cfg = replace(cfg, langevin_steps=cfg.langevin_steps or chain_steps(runs[0]))
+    images = compose_images(runs, labels, cfg, device)
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_npy(images.numpy().astype(np.float32), out / "samples.npy")
     save_grid(images[:256], out / "samples.png")
-    write_run_info(out, cfg, cfg.seed, runs=[str(r) for r in args.runs], labels=args.labels)
-    print(f"wrote {len(images)} composed samples to {out / 'samples.npy'} and "
-          f"{out / 'samples.png'}")
-    return 0
+    write_run_info(out, cfg, cfg.seed, runs=[str(r) for r in run_dirs], labels=list(labels))
+    return out, images
 
 
 # ---------------------------------------------------------------- compositional generalisation
@@ -185,29 +186,33 @@ COMPOSITION_PRESETS = ("dsprites-16", "dsprites-16-shortrun")
 
 @dataclass
 class CompositionConfig:
-    """The compositional-generalisation experiment (module docstring).
-
-    ``factors`` are modelled one per run (bins from ``factor_bins``); ``hold_out`` lists the
-    combinations left out of every model's training data. Training follows ``preset`` with
-    ``train_steps``, ``batch_size`` and ``limit`` training images (before the hold-out).
-    ``num`` samples per combination and method; classifiers train ``classifier_steps``.
-    """
+    """The compositional-generalisation experiment (module docstring)."""
 
     factors: tuple[str, ...] = ("shape", "scale", "x")
+    """The factors, one conditional run each (plus one run on their joint combination)."""
     factor_bins: dict[str, int] = field(default_factory=lambda: {"scale": 2, "x": 2})
+    """Bins per factor."""
     hold_out: tuple[dict[str, int], ...] = field(default_factory=_default_hold_out)
+    """Combinations left out of every model's training data."""
     preset: str = "dsprites-16"
-    train_steps: int = 400
+    """Training settings of every model (the short-run one trains by short chains from
+    noise)."""
+    steps: int = 400
+    """Training steps per model."""
     batch_size: int = 64
+    """Training images per step."""
     limit: int = 20_000
+    """Training images rendered per model (before the hold-out)."""
     num: int = 50
+    """Samples per combination and method."""
     sampler: ComposeConfig = field(default_factory=ComposeConfig)
+    """The composed and the joint model's sampler (its num is set per combination)."""
     classifier_steps: int = 1000
+    """Training steps of each factor's classifier."""
     seed: int = 0
+    """Seeds the runs, the classifiers and the test data."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.sampler, dict):
-            self.sampler = ComposeConfig(**self.sampler)
         self.factors = tuple(self.factors)
         self.hold_out = tuple(dict(c) for c in self.hold_out)
         if not self.factors or not self.hold_out:
@@ -226,7 +231,7 @@ class CompositionConfig:
         """The training config of the run labelled by ``label_factor`` (one factor or joint)."""
         return preset(self.preset, label_factor=label_factor, factor_bins=dict(self.factor_bins),
                       hold_out=self.hold_out, limit=self.limit, batch_size=self.batch_size,
-                      steps=self.train_steps, seed=self.seed)
+                      steps=self.steps, seed=self.seed)
 
 
 def _trained(cfg: ImageTrainConfig, folder: Path, device: torch.device,
@@ -280,6 +285,36 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _models(cfg: CompositionConfig, out: Path, device: torch.device, progress: bool,
+            timings: dict[str, float]) -> tuple[dict[str, ImageRun], dict[str, DomainClassifier]]:
+    """The factor and joint runs (trained or reused) and the factors' classifiers."""
+    runs = {}
+    for name, spec in [(f, f) for f in cfg.factors] + [("joint", "+".join(cfg.factors))]:
+        t0 = time.perf_counter()
+        runs[name] = _trained(cfg.run_config(spec), out / f"run-{name}", device, progress)
+        timings[f"train {name} (s)"] = round(time.perf_counter() - t0, 1)
+    size = runs["joint"].model.config.image_size
+    t0 = time.perf_counter()
+    (out / "classifiers").mkdir(parents=True, exist_ok=True)
+    classifiers = {f: _classifier(f, cfg, size, out / "classifiers") for f in cfg.factors}
+    timings["classifiers (s)"] = round(time.perf_counter() - t0, 1)
+    return runs, classifiers
+
+
+def _test_scores(cfg: CompositionConfig, classifiers: dict[str, DomainClassifier], size: int,
+                 combinations: int) -> list[dict[str, Any]]:
+    """The classifiers' scores on test images of every combination (their ceiling)."""
+    bins = cfg.factor_bins
+    test = {f: load_dataset("dsprites-procedural", split="test", image_size=size,
+                            limit=max(2000, 20 * combinations), seed=cfg.seed, label_factor=f,
+                            factor_bins=bins) for f in cfg.factors}
+    first = test[cfg.factors[0]]
+    wanted = {f: test[f].labels.numpy() for f in cfg.factors}
+    group = np.array([combination_index({f: wanted[f][i] for f in cfg.factors}, cfg.factors,
+                                        bins) for i in range(len(first))])
+    return _scores(_predict(classifiers, first.float()), wanted, group, combinations)
+
+
 def compositional_generalisation(out_dir: str | os.PathLike,
                                  config: CompositionConfig | None = None,
                                  device: str | torch.device | None = None,
@@ -297,55 +332,35 @@ def compositional_generalisation(out_dir: str | os.PathLike,
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory")
     timings: dict[str, float] = {}
-    runs = {}
-    for name, spec in [(f, f) for f in cfg.factors] + [("joint", "+".join(cfg.factors))]:
-        t0 = time.perf_counter()
-        runs[name] = _trained(cfg.run_config(spec), out / f"run-{name}", device, progress)
-        timings[f"train {name} (s)"] = round(time.perf_counter() - t0, 1)
-    size = runs["joint"].model.config.image_size
+    runs, classifiers = _models(cfg, out, device, progress, timings)
     bins: FactorBins = cfg.factor_bins
-    t0 = time.perf_counter()
-    (out / "classifiers").mkdir(parents=True, exist_ok=True)
-    classifiers = {f: _classifier(f, cfg, size, out / "classifiers") for f in cfg.factors}
-    timings["classifiers (s)"] = round(time.perf_counter() - t0, 1)
-
     # in product order, so combination i has the joint label i (combination_index)
     combos = [dict(zip(cfg.factors, values, strict=True)) for values in
               itertools.product(*(range(factor_classes(f, bins)) for f in cfg.factors))]
     held = [c in cfg.hold_out for c in combos]
     group = np.repeat(np.arange(len(combos)), cfg.num)
     wanted = {f: np.array([c[f] for c in combos])[group] for f in cfg.factors}
-    sampler = replace(cfg.sampler, num=len(group),
-                      steps=cfg.sampler.steps or chain_steps(runs[cfg.factors[0]]))
+    sampler = replace(cfg.sampler, num=len(group), langevin_steps=cfg.sampler.langevin_steps
+                      or chain_steps(runs[cfg.factors[0]]))
     t0 = time.perf_counter()
     composed = compose_images([runs[f] for f in cfg.factors],
                               [torch.from_numpy(wanted[f]) for f in cfg.factors], sampler, device)
     joint = compose_images([runs["joint"]], [torch.from_numpy(group)], sampler, device)
     timings["sampling (s)"] = round(time.perf_counter() - t0, 1)
-
-    test = {f: load_dataset("dsprites-procedural", split="test", image_size=size,
-                            limit=max(2000, 20 * len(combos)), seed=cfg.seed, label_factor=f,
-                            factor_bins=bins) for f in cfg.factors}
-    first = test[cfg.factors[0]]
-    test_wanted = {f: test[f].labels.numpy() for f in cfg.factors}
-    test_group = np.array([combination_index({f: test_wanted[f][i] for f in cfg.factors},
-                                             cfg.factors, bins) for i in range(len(first))])
-
     results = {"composed": _scores(_predict(classifiers, composed), wanted, group, len(combos)),
                "joint": _scores(_predict(classifiers, joint), wanted, group, len(combos)),
-               "test data": _scores(_predict(classifiers, first.float()), test_wanted,
-                                    test_group, len(combos))}
+               "test data": _test_scores(cfg, classifiers, runs["joint"].model.config.image_size,
+                                         len(combos))}
     names = {f: factor_names(f, bins) for f in cfg.factors}
-    rows = []
-    for i, c in enumerate(combos):
-        rows.append({"combination": c, "names": {f: names[f][c[f]] for f in cfg.factors},
-                     "held_out": held[i], **{k: v[i] for k, v in results.items()}})
+    rows = [{"combination": c, "names": {f: names[f][c[f]] for f in cfg.factors},
+             "held_out": held[i], **{k: v[i] for k, v in results.items()}}
+            for i, c in enumerate(combos)]
     summary = {kind: {method: _mean([r[method] for r in rows if r["held_out"] == is_held],
                                     "all_right") for method in results}
                for kind, is_held in (("held_out", True), ("seen", False))}
     chance = float(np.prod([1.0 / factor_classes(f, bins) for f in cfg.factors]))
     report = {"config": jsonable(cfg), "summary": summary, "chance": chance,
-              "chain_steps": sampler.steps,
+              "chain_steps": sampler.langevin_steps,
               "combinations": rows, "timings": timings, "device": str(device)}
     _save_sample_grids(out, composed, joint, held, cfg.num)
     write_json(out / "report.json", report)
@@ -373,7 +388,7 @@ def _markdown(report: dict[str, Any], cfg: CompositionConfig) -> str:
         "# Compositional generalisation on procedural dSprites",
         "",
         f"Factors {', '.join(cfg.factors)} (bins {cfg.factor_bins}); held out "
-        f"{len(cfg.hold_out)} combinations; {cfg.train_steps} training steps per model, "
+        f"{len(cfg.hold_out)} combinations; {cfg.steps} training steps per model, "
         f"{cfg.num} samples per combination and method, {report['chain_steps']} Langevin "
         f"steps from noise (preset {cfg.preset}); seed {cfg.seed}. Score: fraction of samples "
         f"whose every factor the classifiers (trained on all the data) read as requested; "
@@ -396,48 +411,3 @@ def _markdown(report: dict[str, Any], cfg: CompositionConfig) -> str:
               "", "Samples of the held-out combinations (one row each): held-out-composed.png, "
               "held-out-joint.png.", ""]
     return "\n".join(lines)
-
-
-def run_experiment(args: argparse.Namespace) -> int:
-    cfg = CompositionConfig(train_steps=args.steps, num=args.num, seed=args.seed,
-                            preset=args.preset,
-                            sampler=ComposeConfig(steps=args.chain_steps, seed=args.seed))
-    compositional_generalisation(args.out, cfg, args.device, progress=not args.quiet)
-    print(Path(args.out, "report.md").read_text())
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``imagebm compose`` and ``imagebm compose-experiment``."""
-    d = ComposeConfig()
-    p = subparsers.add_parser("compose", help="sample the sum of conditional runs' energies")
-    p.add_argument("--runs", nargs="+", required=True, help="run folders from `imagebm train`")
-    p.add_argument("--labels", nargs="+", type=int, required=True,
-                   help="one class per run, conditioning that run")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--num", type=int, default=d.num)
-    p.add_argument("--steps", type=int, default=None,
-                   help="Langevin steps from noise (default: the first run's fresh-sample "
-                        "chain, 200 steps for persistent runs)")
-    p.add_argument("--grad-clip", type=float, default=None,
-                   help="gradient clip (default: the first run's evaluation clip)")
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.set_defaults(func=run_compose)
-
-    e = CompositionConfig()
-    q = subparsers.add_parser("compose-experiment",
-                              help="compositional generalisation on procedural dSprites")
-    q.add_argument("--out", required=True, help="experiment folder (runs are reused)")
-    q.add_argument("--steps", type=int, default=e.train_steps, help="training steps per model")
-    q.add_argument("--num", type=int, default=e.num, help="samples per combination and method")
-    q.add_argument("--chain-steps", type=int, default=None,
-                   help="Langevin steps per sample (default: as `imagebm compose`)")
-    q.add_argument("--preset", default=e.preset, choices=COMPOSITION_PRESETS,
-                   help="training settings of every model (the short-run one trains by "
-                        "short chains from noise)")
-    q.add_argument("--seed", type=int, default=e.seed)
-    q.add_argument("--device", default="cpu", help="cpu | cuda")
-    q.add_argument("--quiet", action="store_true", help="no progress bars")
-    q.set_defaults(func=run_experiment)

@@ -1,4 +1,4 @@
-"""Mode coverage and memorisation checks of a trained image EBM (PAPER.md §3).
+"""Mode coverage and memorisation checks of a trained image EBM (docs/paper.md §3).
 
 Three checks, each with a number beside its figure:
 
@@ -28,7 +28,6 @@ its feature-space neighbours) and, when it sampled them, ``samples.npy``.
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from imagebm.train import (
 )
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
+from trajebm.engine.plotting import pyplot
 from trajebm.engine.runinfo import atomic_save_npy, write_json, write_run_info
 
 HIST_BINS = 40
@@ -61,14 +61,18 @@ NEAR_COPY_QUANTILE = 0.05
 
 @dataclass
 class CoverageConfig:
-    """``sample``: how samples are drawn when none are given; ``neighbours`` per sample and
-    ``show`` samples in the figure; ``limit``: at most this many images per split are scored."""
+    """The checks' settings: how samples are drawn, neighbours shown, images scored."""
 
     sample: SampleConfig = field(default_factory=lambda: SampleConfig.paper(num=256))
+    """How samples are drawn when none are given (the paper's evaluation sampler)."""
     neighbours: int = 5
+    """Nearest training images per sample."""
     show: int = 8
+    """Samples in neighbours.png."""
     limit: int = 2000
+    """At most this many images per split are scored."""
     seed: int = 0
+    """Seeds the images scored."""
 
     def __post_init__(self) -> None:
         if self.neighbours < 1 or self.show < 1 or self.limit < 2:
@@ -213,11 +217,7 @@ def coverage(run: ImageRun | str | os.PathLike, samples: Tensor | np.ndarray | N
 
 def save_energy_histograms(result: CoverageResult, path: Path) -> Path:
     """Train and test energy histograms on shared bins, with the summary numbers as a title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     s = result.metrics["energies"]
     both = np.concatenate([result.train_energies, result.test_energies])
     bins = np.linspace(both.min(), both.max() if both.max() > both.min() else both.min() + 1,
@@ -248,52 +248,27 @@ def save_neighbours(result: CoverageResult, show: int, path: Path) -> Path:
     return path
 
 
-def run_coverage(args: argparse.Namespace) -> int:
-    out = output_folder(args.out, "coverage")
+def coverage_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                       config: CoverageConfig | None = None, *,
+                       samples_file: str | os.PathLike | None = None,
+                       data_root: str | os.PathLike | None = None,
+                       device: str | torch.device | None = None,
+                       progress: bool = True) -> tuple[Path, CoverageResult]:
+    """:func:`coverage` of the samples in ``samples_file`` (or fresh ones) written to
+    ``out_dir``: ``coverage.json``, ``energies.png``, ``neighbours.png``, ``run.json`` and,
+    when it sampled them, ``samples.npy``; a run's own folder is refused."""
+    cfg = config or CoverageConfig()
+    out = output_folder(out_dir, "coverage")
     samples = labels = None
-    if args.samples is not None:
-        samples, labels = load_samples(args.samples)
-    cfg = CoverageConfig(sample=SampleConfig.paper(num=args.num, chunks=args.chunks,
-                                                   seed=args.seed),
-                         neighbours=args.neighbours, show=args.show, seed=args.seed)
-    result = coverage(args.run, samples, cfg, sample_labels=labels, data_root=args.data_root,
-                      device=args.device, progress=not args.quiet)
+    if samples_file is not None:
+        samples, labels = load_samples(samples_file)
+    result = coverage(run_dir, samples, cfg, sample_labels=labels, data_root=data_root,
+                      device=device, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "coverage.json", result.metrics)
     save_energy_histograms(result, out / "energies.png")
     save_neighbours(result, cfg.show, out / "neighbours.png")
     if samples is None:
         atomic_save_npy(result.samples.numpy().astype(np.float32), out / "samples.npy")
-    write_run_info(out, cfg, cfg.seed, run=str(args.run), samples=args.samples)
-    e, nn = result.metrics["energies"], result.metrics["nearest_neighbours"]
-    print(f"energies ({result.metrics['energy']}), {e['n']} images per split: train "
-          f"{e['train_mean']:.3f} ± {e['train_std']:.3f}, test {e['test_mean']:.3f} ± "
-          f"{e['test_std']:.3f}; overlap {e['histogram_overlap']:.3f}, KS {e['ks_statistic']:.3f}")
-    print(f"nearest training image (RMS): samples {nn['sample_median_rms']:.4f}, test "
-          f"{nn['test_median_rms']:.4f}; near copies {nn['near_copy_fraction']:.3f}")
-    classes = result.metrics["classes"]
-    if isinstance(classes, dict):
-        print(f"classes covered: samples {classes['samples']['covered']:.2f}, test "
-              f"{classes['test_floor']['covered']:.2f}")
-    print(f"wrote {out / 'coverage.json'}, {out / 'energies.png'} and {out / 'neighbours.png'}")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``imagebm coverage``."""
-    d, s = CoverageConfig(), CoverageConfig().sample
-    p = subparsers.add_parser("coverage", help="train vs test energy histograms, nearest "
-                              "training neighbours of samples, class coverage")
-    p.add_argument("--run", required=True, help="run folder from `imagebm train`")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--samples", default=None,
-                   help="samples.npy (or its folder) to check; default: sample --num of them")
-    p.add_argument("--num", type=int, default=s.num, help="samples to draw")
-    p.add_argument("--chunks", type=int, default=s.chunks, help="sampling chunks")
-    p.add_argument("--neighbours", type=int, default=d.neighbours)
-    p.add_argument("--show", type=int, default=d.show, help="samples in neighbours.png")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run_coverage)
+    write_run_info(out, cfg, cfg.seed, run=str(run_dir), samples=samples_file)
+    return out, result

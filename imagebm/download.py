@@ -10,7 +10,6 @@ file with the wrong checksum is reported, never overwritten. ``base_url`` (or
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import os
@@ -25,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from imagebm.datasets import DATASETS, ROOT_ENV, dataset_spec, default_root, missing_files
+from imagebm.datasets import dataset_spec, default_root, missing_files
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import fsync_dir
 
@@ -205,26 +204,3 @@ def download(name: str, root: str | os.PathLike | None = None, *, base_url: str 
             elif not (dest.suffix == ".gz" and dest.with_suffix("").exists()):
                 _fetch(url, dest, res, progress)
     return folder
-
-
-def run_download(args: argparse.Namespace) -> int:
-    """``imagebm download``: fetch one dataset and say where it is."""
-    if not dataset_spec(args.name).needs_download:
-        print(f"{args.name} needs no download ({dataset_spec(args.name).source})")
-        return 0
-    folder = download(args.name, args.root, base_url=args.base_url, progress=not args.quiet)
-    print(f"{args.name} is ready in {folder}")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``imagebm download``."""
-    p = subparsers.add_parser("download", help="fetch a public dataset, checksum-verified")
-    p.add_argument("name", choices=list(DATASETS), help="dataset")
-    p.add_argument("--root", default=None,
-                   help=f"data root (default: ${ROOT_ENV}, else ~/.cache/imagebm)")
-    p.add_argument("--base-url", default=None,
-                   help=f"mirror serving BASE_URL/FILENAME (default: ${MIRROR_ENV}, else the "
-                   f"publishers' hosts)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_download)

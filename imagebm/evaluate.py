@@ -11,8 +11,6 @@ Every score comes with its floor: the same score for held-out data of the same s
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imagebm.datasets import dataset_spec, default_root, load_dataset
+from imagebm.datasets import ImageData, dataset_spec, default_root, load_dataset
 from imagebm.metrics import (
     DomainClassifier,
     domain_scores,
@@ -28,7 +26,8 @@ from imagebm.metrics import (
     load_inception,
     train_domain_classifier,
 )
-from imagebm.train import ImageTrainConfig, load_image_run
+from imagebm.presets import ImageTrainConfig
+from imagebm.train import load_image_run
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import write_json
 
@@ -36,8 +35,10 @@ DOMAIN_DATASETS = ("digits", "mnist", "dsprites", "dsprites-procedural")
 CLASSIFIER_FACTOR = "shape"
 
 
-def _split(cfg: ImageTrainConfig, data_root: str | os.PathLike | None, split: str,
-           limit: int | None, seed: int, label_factor: str | None) -> Any:
+def scoring_split(cfg: ImageTrainConfig, data_root: str | os.PathLike | None, split: str,
+                  limit: int | None, seed: int, label_factor: str | None) -> ImageData:
+    """``limit`` images of the run's ``split`` labelled by ``label_factor`` (a dataset without
+    that split gives a differently seeded training subset instead)."""
     if split not in dataset_spec(cfg.dataset).splits:
         split, seed = "train", seed + 1
     return load_dataset(cfg.dataset, data_root, split, image_size=cfg.image_size, limit=limit,
@@ -62,7 +63,7 @@ def domain_classifier(cfg: ImageTrainConfig, data_root: str | os.PathLike | None
     path = cache / f"{cfg.dataset}-{size}px-{factor or 'labels'}{bins}.pt"
     if path.exists():
         return DomainClassifier.load(path)
-    data = _split(cfg, data_root, "train", 20_000, 0, factor)
+    data = scoring_split(cfg, data_root, "train", 20_000, 0, factor)
     if data.labels is None:
         raise UsageError(f"{cfg.dataset} has no labels to train a domain classifier on")
     if progress:
@@ -106,10 +107,11 @@ def score_samples(samples: np.ndarray | torch.Tensor, cfg: ImageTrainConfig, *,
     if n < 10:
         raise UsageError(f"need at least 10 samples to score, got {n}")
     factor = classifier_factor(cfg)
-    ref = _split(cfg, data_root, "test", n, 0, factor if cfg.dataset in DOMAIN_DATASETS else None)
-    train = _split(cfg, data_root, "train", len(ref), 2, factor)
+    domain = cfg.dataset in DOMAIN_DATASETS
+    ref = scoring_split(cfg, data_root, "test", n, 0, factor if domain else None)
+    train = scoring_split(cfg, data_root, "train", len(ref), 2, factor)
     result: dict[str, Any] = {"dataset": cfg.dataset, "samples": n, "reference": len(ref)}
-    if cfg.dataset in DOMAIN_DATASETS:
+    if domain:
         classifier = domain_classifier(cfg, data_root, cache_dir, progress)
         result["kind"] = "domain classifier (not comparable with published FID/IS)"
         result["model"] = domain_scores(x, ref.float(), classifier,
@@ -128,28 +130,18 @@ def score_samples(samples: np.ndarray | torch.Tensor, cfg: ImageTrainConfig, *,
     return result
 
 
-def run_score(args: argparse.Namespace) -> int:
-    run = load_image_run(args.run)
-    samples, labels = load_samples(args.samples)
-    result = score_samples(samples, run.config, labels=labels, data_root=args.data_root,
-                           inception=args.inception, progress=not args.quiet)
-    out = Path(args.out) if args.out else (
-        Path(args.samples) if Path(args.samples).is_dir() else Path(args.samples).parent
-    ) / "scores.json"
-    write_json(out, result)
-    print(json.dumps(result, indent=2))
-    print(f"wrote {out}")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``imagebm score``."""
-    p = subparsers.add_parser("score", help="FID / IS (or domain scores) of a run's samples")
-    p.add_argument("--run", required=True, help="run folder (for its dataset and image size)")
-    p.add_argument("--samples", required=True, help="samples.npy or the folder holding it")
-    p.add_argument("--data-root", default=None, help="folder holding the dataset files")
-    p.add_argument("--inception", default=None,
-                   help="pytorch-fid Inception weight file (natural-image datasets only)")
-    p.add_argument("--out", default=None, help="scores file (default: beside the samples)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run_score)
+def score_to_file(run_dir: str | os.PathLike, samples: str | os.PathLike,
+                  out: str | os.PathLike | None = None,
+                  data_root: str | os.PathLike | None = None,
+                  inception: str | os.PathLike | None = None,
+                  progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """Score the samples file (or folder) ``samples`` of a run (:func:`score_samples`) and
+    write the scores to ``out`` (default: ``scores.json`` beside the samples)."""
+    run = load_image_run(run_dir)
+    images, labels = load_samples(samples)
+    result = score_samples(images, run.config, labels=labels, data_root=data_root,
+                           inception=inception, progress=progress)
+    where = Path(samples) if Path(samples).is_dir() else Path(samples).parent
+    path = Path(out) if out else where / "scores.json"
+    write_json(path, result)
+    return result, path

@@ -1,4 +1,4 @@
-"""Bounds on an image EBM's test log-likelihood by AIS (PAPER.md §3), in bits per dimension.
+"""Bounds on an image EBM's test log-likelihood by AIS (docs/paper.md §3), in bits per dimension.
 
 An image EBM's density is unnormalised: ``log p(x) = -E(x) - log Z`` with
 ``Z = ∫_[0,1]^D exp(-E(x)) dx`` over the run's data range. :func:`image_likelihood` estimates
@@ -28,9 +28,9 @@ subset). One AIS run covers every class (chains conditioned per class).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -67,107 +67,118 @@ def _scores(log_p: dict[str, float | None], dim: int) -> dict[str, Any]:
                              "upper": bpd["lower"]}}
 
 
-def image_likelihood(run: str | os.PathLike | ImageRun, *, num: int = 100, chains: int = 20,
-                     steps: int = 200, leapfrog_steps: int = 5, init_std: float = INIT_STD,
-                     data_root: str | os.PathLike | None = None, device: str = "cpu",
-                     seed: int = 0) -> dict[str, Any]:
+@dataclass
+class LikelihoodConfig:
+    """How the bounds are estimated: images scored, AIS chains and their transitions."""
+
+    num: int = 100
+    """Test images scored."""
+    chains: int = 20
+    """AIS chains (per class if conditional)."""
+    ais_steps: int = 200
+    """AIS steps (HMC transitions)."""
+    leapfrog_steps: int = 5
+    """Leapfrog steps per HMC transition."""
+    init_std: float = INIT_STD
+    """Std of the AIS base in the sigmoid's coordinates."""
+    seed: int = 0
+    """Seeds the images' choice and de-quantisation, and AIS."""
+
+    def __post_init__(self) -> None:
+        if self.num < 1:
+            raise UsageError(f"num must be positive, got {self.num}")
+
+
+def _unconditional(model: torch.nn.Module, x: Tensor, cfg: LikelihoodConfig,
+                   common: dict[str, Any], dim: int) -> dict[str, Any]:
+    """``log Z`` and the bounds of an unconditional model."""
+    with torch.no_grad():
+        mean = float(-model(x).double().mean())
+    est = ais(model, tuple(x.shape[1:]), num_chains=cfg.chains, **common)
+    return {"log_z": est.summary(),
+            "unconditional": _scores({"estimate": mean - est.log_z, "upper": mean - est.lower,
+                                      "lower": mean - est.upper}, dim)}
+
+
+def _conditional(model: torch.nn.Module, x: Tensor, labels: Tensor, cfg: LikelihoodConfig,
+                 common: dict[str, Any], dim: int) -> dict[str, Any]:
+    """``log Z_y`` per class, and the bounds of ``log p(x | y)`` and ``log p(x)``."""
+    k, chains = model.config.num_classes, cfg.chains
+    classes = torch.arange(k, device=x.device)
+    est = ais(model, tuple(x.shape[1:]), num_chains=k * chains,
+              cond=classes.repeat_interleave(chains), target_cond=labels, **common)
+    fwd = est.log_weights.view(k, chains)
+    log_z = torch.logsumexp(fwd, 1) - math.log(chains)
+    lower = fwd.mean(1)
+    rev = est.reverse_log_weights
+    y = labels.cpu()
+    upper = torch.tensor([float(-rev[y == c].mean()) for c in range(k)],
+                         dtype=torch.float64)  # NaN for a class absent from the images
+    with torch.no_grad():
+        neg_e = -model.class_energies(x).double().cpu()
+    own = neg_e.gather(1, y.view(-1, 1)).squeeze(1)
+
+    def marginal(z: Tensor) -> float:
+        return float((torch.logsumexp(neg_e - z, 1) - math.log(k)).mean())
+
+    return {
+        "log_z_per_class": {"estimate": log_z.tolist(), "lower": lower.tolist(),
+                            "upper": upper.tolist(), "settings": est.settings,
+                            "acceptance_rate": est.acceptance_rate},
+        "conditional": _scores({"estimate": float((own - log_z[y]).mean()),
+                                "upper": float((own - lower[y]).mean()),
+                                "lower": float((own - upper[y]).mean())}, dim),
+        "marginal": _scores({"estimate": marginal(log_z), "upper": marginal(lower),
+                             "lower": None if upper.isnan().any() else marginal(upper)}, dim),
+        "class_prior": "uniform"}
+
+
+def image_likelihood(run: str | os.PathLike | ImageRun, config: LikelihoodConfig | None = None,
+                     *, data_root: str | os.PathLike | None = None, device: str = "cpu",
+                     **settings: Any) -> dict[str, Any]:
     """Bounds on the mean log-likelihood of ``num`` de-quantised test images of a run.
 
-    ``chains`` forward AIS chains (per class for a conditional run) of ``steps`` HMC
+    ``chains`` forward AIS chains (per class for a conditional run) of ``ais_steps`` HMC
     transitions with ``leapfrog_steps`` leapfrog steps estimate ``log Z``; the reverse chains
-    start at the scored images. Returns a JSON-ready report (module docstring for its parts).
+    start at the scored images. ``settings`` are :class:`LikelihoodConfig` fields changing
+    ``config``. Returns a JSON-ready report (module docstring for its parts).
     """
-    if num < 1:
-        raise UsageError(f"num must be positive, got {num}")
+    try:
+        cfg = replace(config or LikelihoodConfig(), **settings)
+    except TypeError as err:
+        raise UsageError(str(err)) from None
     run = run if isinstance(run, ImageRun) else load_image_run(run, device)
-    cfg = run.config
-    data = test_split(cfg, data_root, labelled=cfg.conditional)
-    gen = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(data), generator=gen)[:num]
+    data = test_split(run.config, data_root, labelled=run.config.conditional)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pick = torch.randperm(len(data), generator=gen)[:cfg.num]
     x = dequantise(data.images[pick], gen).to(device)
     model = run.model.to(device).eval().requires_grad_(False)
-    shape, dim = tuple(x.shape[1:]), x[0].numel()
-    common = {"steps": steps, "leapfrog_steps": leapfrog_steps, "init_std": init_std,
-              "bounds": (0.0, 1.0), "target_samples": x, "seed": seed, "device": device}
+    dim = x[0].numel()
+    common = {"steps": cfg.ais_steps, "leapfrog_steps": cfg.leapfrog_steps,
+              "init_std": cfg.init_std, "bounds": (0.0, 1.0), "target_samples": x,
+              "seed": cfg.seed, "device": device}
     report: dict[str, Any] = {
         "run": str(run.path), "dataset": data.name, "test_images": len(x), "dimensions": dim,
         "dequantisation": f"x = (k + u) / {LEVELS}, u ~ U(0, 1) per pixel",
         "uniform_bits_per_dim": bits_per_dim(0.0, dim),
         "reverse_chains_from": "the de-quantised test images (approximate upper bound on log Z)"}
     if not model.conditional:
-        with torch.no_grad():
-            mean = float(-model(x).double().mean())
-        est = ais(model, shape, num_chains=chains, **common)
-        report["log_z"] = est.summary()
-        report["unconditional"] = _scores({"estimate": mean - est.log_z,
-                                           "upper": mean - est.lower,
-                                           "lower": mean - est.upper}, dim)
-        return report
-    k = model.config.num_classes
+        return {**report, **_unconditional(model, x, cfg, common, dim)}
     labels = data.labels[pick].to(device)
-    classes = torch.arange(k, device=device)
-    est = ais(model, shape, num_chains=k * chains, cond=classes.repeat_interleave(chains),
-              target_cond=labels, **common)
-    fwd = est.log_weights.view(k, chains)
-    log_z = torch.logsumexp(fwd, 1) - math.log(chains)
-    lower = fwd.mean(1)
-    rev = est.reverse_log_weights
-    upper = torch.tensor([float(-rev[labels.cpu() == y].mean()) for y in range(k)],
-                         dtype=torch.float64)  # NaN for a class absent from the images
-    with torch.no_grad():
-        neg_e = -model.class_energies(x).double().cpu()
-    own = neg_e.gather(1, labels.cpu().view(-1, 1)).squeeze(1)
-    y = labels.cpu()
-    report["log_z_per_class"] = {"estimate": log_z.tolist(), "lower": lower.tolist(),
-                                 "upper": upper.tolist(), "settings": est.settings,
-                                 "acceptance_rate": est.acceptance_rate}
-    report["conditional"] = _scores({"estimate": float((own - log_z[y]).mean()),
-                                     "upper": float((own - lower[y]).mean()),
-                                     "lower": float((own - upper[y]).mean())}, dim)
-
-    def marginal(z: Tensor) -> float:
-        return float((torch.logsumexp(neg_e - z, 1) - math.log(k)).mean())
-
-    report["marginal"] = _scores({"estimate": marginal(log_z), "upper": marginal(lower),
-                                  "lower": None if upper.isnan().any() else marginal(upper)},
-                                 dim)
-    report["class_prior"] = "uniform"
-    return report
+    return {**report, **_conditional(model, x, labels, cfg, common, dim)}
 
 
-def run_likelihood(args: argparse.Namespace) -> int:
-    out = output_folder(args.out, "likelihood")
-    report = image_likelihood(args.run, num=args.num, chains=args.chains, steps=args.steps,
-                              leapfrog_steps=args.leapfrog_steps, init_std=args.init_std,
-                              data_root=args.data_root, device=args.device, seed=args.seed)
+def likelihood_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                         config: LikelihoodConfig | None = None, *,
+                         data_root: str | os.PathLike | None = None,
+                         device: str = "cpu") -> dict[str, Any]:
+    """:func:`image_likelihood` written to ``out_dir/likelihood.json`` (with ``run.json``);
+    a run's own folder is refused. Returns the report."""
+    cfg = config or LikelihoodConfig()
+    out = output_folder(out_dir, "likelihood")
+    report = image_likelihood(run_dir, cfg, data_root=data_root, device=device)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "likelihood.json", report)
-    write_run_info(out, {k: v for k, v in vars(args).items() if k != "func"}, args.seed)
-    print(f"{report['dataset']} test, {report['test_images']} images, "
-          f"{report['dimensions']} dimensions (uniform: 8.000 bits/dim)")
-    for part in ("unconditional", "conditional", "marginal"):
-        if part in report:
-            b = report[part]["bits_per_dim"]
-            high = "n/a" if b["upper"] is None else f"{b['upper']:.3f}"
-            print(f"  {part:<13} bits/dim {b['estimate']:.3f} (bounds {b['lower']:.3f} .. "
-                  f"{high})")
-    print(f"wrote {out / 'likelihood.json'}")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``imagebm likelihood``."""
-    p = subparsers.add_parser("likelihood", help="AIS bounds on the test log-likelihood "
-                              "(bits/dim) of an image EBM")
-    p.add_argument("--run", required=True, help="run folder from `imagebm train`")
-    p.add_argument("--out", required=True, help="folder for likelihood.json and run.json")
-    p.add_argument("--num", type=int, default=100, help="test images scored")
-    p.add_argument("--chains", type=int, default=20, help="AIS chains (per class if conditional)")
-    p.add_argument("--steps", type=int, default=200, help="AIS steps (HMC transitions)")
-    p.add_argument("--leapfrog-steps", type=int, default=5)
-    p.add_argument("--init-std", type=float, default=INIT_STD,
-                   help="std of the AIS base in the sigmoid's coordinates")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=run_likelihood)
+    write_run_info(out, {"run": str(run_dir), **asdict(cfg), "data_root": data_root,
+                         "device": device}, cfg.seed)
+    return report

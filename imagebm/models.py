@@ -1,4 +1,4 @@
-"""The paper's image EBMs (PAPER.md §1): spectrally normalised ResNets and the dSprites net.
+"""The paper's image EBMs (docs/paper.md §1): spectrally normalised ResNets and the dSprites net.
 
 Every architecture maps images ``(B, C, H, W)`` in [0, 1] (and, if class-conditional, labels) to
 one energy per image. Convs other than the stem and the shortcuts carry a learned per-channel
@@ -117,13 +117,22 @@ class ImageEBMConfig:
     """Architecture of an image EBM; :func:`paper_config` fills in the paper's setting."""
 
     arch: str = "small"
+    """Architecture (ARCHITECTURES): small, dsprites, resnet32, resnet32large, resnet32wider,
+    resnet128."""
     image_size: int = 32
+    """Height and width of the images."""
     channels: int = 3
+    """Image channels."""
     num_classes: int = 0
+    """Classes of a class-conditional model (0: unconditional)."""
     activation: str = "lrelu"
+    """lrelu | swish"""
     spectral_norm: bool = True
+    """Spectrally normalise every conv and hidden linear layer."""
     width: int | None = None
+    """Base filter count (None: the architecture's; the others scale in proportion)."""
     dropout: float = 0.0
+    """Dropout after the first conv of each residual block (dSprites net: the hidden fc)."""
 
     def __post_init__(self) -> None:
         spec = arch_spec(self.arch)
@@ -265,7 +274,7 @@ class StridedBlock(nn.Module):
 
 
 class ImageEBM(nn.Module):
-    """E(x) or E(x | y): images in [0, 1] -> one energy per image (PAPER.md §1)."""
+    """E(x) or E(x | y): images in [0, 1] -> one energy per image (docs/paper.md §1)."""
 
     def __init__(self, config: ImageEBMConfig) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Out-of-distribution detection by energy (PAPER.md §3), against a softmax classifier's scores.
+"""Out-of-distribution detection by energy (docs/paper.md §3) against softmax scores.
 
 Every score is "higher = more in-distribution", and AUROC is the probability that a random
 in-distribution test image scores above a random out-of-distribution one (ties count half):
@@ -19,7 +19,6 @@ user set given as an ``.npy`` array (N, C, H, W) in [0, 1].
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from imagebm.classify import EnergyClassifier, predict, reference_for, test_spli
 from imagebm.datasets import load_dataset, missing_files, procedural_dsprites, resize_images
 from imagebm.train import ImageRun, load_image_run
 from trajebm.engine.errors import UsageError
+from trajebm.engine.plotting import pyplot
 from trajebm.engine.runinfo import atomic_write_bytes, write_json, write_run_info
 
 PAPER_AUROC = {"svhn": 0.63, "dtd": 0.48, "interpolation": 0.70, "constant": 0.30,
@@ -190,11 +190,7 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 def save_histograms(raw: dict[str, np.ndarray], path: Path) -> Path:
     """One panel per score: the in-distribution histogram against each OOD set's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = sorted({k.split("/")[0] for k in raw}, key=list(SCORE_HELP).index)
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
@@ -216,36 +212,22 @@ def save_histograms(raw: dict[str, np.ndarray], path: Path) -> Path:
     return path
 
 
-def run_ood(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+def ood_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                  ood_files: tuple[str, ...] = (), reference: str | os.PathLike | None = None,
+                  data_root: str | os.PathLike | None = None, seed: int = 0,
+                  device: str = "cpu", progress: bool = True) -> tuple[dict[str, Any], str]:
+    """:func:`ood_report` written to ``out_dir`` (``ood.json``, the table ``ood.md``, the
+    histograms ``ood.png``, ``run.json``); returns the report and its table."""
+    out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory")
-    report, raw = ood_report(args.run, ood_files=tuple(args.ood_data), reference=args.reference,
-                             data_root=args.data_root, seed=args.seed, device=args.device,
-                             progress=not args.quiet)
+    report, raw = ood_report(run_dir, ood_files=tuple(ood_files), reference=reference,
+                             data_root=data_root, seed=seed, device=device, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "ood.json", report)
     table = markdown_table(report)
     atomic_write_bytes(out / "ood.md", table.encode())
     save_histograms(raw, out / "ood.png")
-    write_run_info(out, {"run": str(args.run), "ood_data": args.ood_data,
-                         "reference": args.reference}, args.seed)
-    print(table, end="")
-    print(f"wrote {out / 'ood.json'}, {out / 'ood.md'} and {out / 'ood.png'}")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``imagebm ood``."""
-    p = subparsers.add_parser("ood", help="out-of-distribution detection by energy (AUROC)")
-    p.add_argument("--run", required=True, help="run folder from `imagebm train`")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--ood-data", nargs="+", default=[], metavar="FILE.npy",
-                   help="extra OOD sets: float arrays (N, C, H, W) in [0, 1]")
-    p.add_argument("--reference", default=None,
-                   help="softmax reference folder (default RUN/softmax, trained if absent)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated OOD sets")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run_ood)
+    write_run_info(out, {"run": str(run_dir), "ood_data": list(ood_files),
+                         "reference": reference}, seed)
+    return report, table

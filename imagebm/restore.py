@@ -1,9 +1,9 @@
 """Restoring test images with a trained EBM: box inpainting, salt-and-pepper, cross-class mapping.
 
-PAPER.md §3. Each task corrupts held-out test images and runs Langevin dynamics on the run's
+docs/paper.md §3. Each task corrupts held-out test images and runs Langevin dynamics on the run's
 energy from the corrupted image, with the run's evaluation sampler (its step, noise and
-evaluation gradient clip; final weights) for :data:`DEFAULT_STEPS` steps (short-run runs: their
-training chain's length) unless told:
+evaluation gradient clip; final weights) for :data:`DEFAULT_LANGEVIN_STEPS` steps (short-run
+runs: their training chain's length) unless told:
 
 * ``inpaint``: a box (default the bottom half) is replaced by the run's chain-start noise and
   only its pixels move (the engine's ``langevin(mask=...)``); the rest stays exactly as given.
@@ -33,11 +33,10 @@ all ones for cross-class mapping), all float32 (N, C, H, W) in [0, 1], ``labels.
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -64,11 +63,11 @@ from trajebm.engine.sampling import EnergyFn, LangevinConfig, langevin
 TASKS = ("inpaint", "saltpepper", "crossclass")
 SALT, PEPPER = 0.9, 0.1
 FIGURE_COLUMNS = 16
-DEFAULT_STEPS = {"inpaint": 30, "saltpepper": 30, "blind": 100, "crossclass": 10}
+DEFAULT_LANGEVIN_STEPS = {"inpaint": 30, "saltpepper": 30, "blind": 100, "crossclass": 10}
 """Langevin steps per task for persistent runs (``blind``: salt-and-pepper, mask unknown,
 smaller step). Chosen on the CPU ``digits`` preset: longer chains at the run's step drift away
 from the visible pixels (inpainting) and turn a cross-class start into an unrelated sample of
-the target class. Short-run runs (:func:`imagebm.train.short_run`) take their training chain's
+the target class. Short-run runs (:func:`imagebm.presets.short_run`) take their training chain's
 length, except blind."""
 
 
@@ -76,37 +75,48 @@ length, except blind."""
 class RestoreConfig:
     """One restoration experiment on ``num`` test images (see the module docstring).
 
-    ``box`` is (top, left, height, width) in pixels (None: the bottom half). ``fraction`` is the
-    share of pixels set to each of 0.1 and 0.9. ``source`` / ``target`` pick the cross-class
-    classes (None: test images of every class, each mapped to its class + 1 mod K).
-    ``step_size`` and ``grad_clip`` default to the run's evaluation sampler (blind
-    salt-and-pepper: :data:`REFINE_STEP_SIZE`), ``steps`` to :data:`DEFAULT_STEPS` (short-run
-    runs: their training chain's).
     ``chains`` > 1 (inpaint and salt-and-pepper with a known mask) runs that many chains per
     image, each from fresh noise in the pixels to fill, and returns their mean: an estimate of
     the posterior mean, the fill with the least expected squared error, which is what the
     point-estimate references (mean image, nearest neighbour) are compared on.
     """
 
-    task: str = "inpaint"
+    task: Literal["inpaint", "saltpepper", "crossclass"] = "inpaint"
+    """inpaint: fill a box; saltpepper: restore the pixels set to 0.1 and 0.9; crossclass: map
+    test images to another class."""
     num: int = 64
-    steps: int | None = None
+    """Test images to restore."""
+    langevin_steps: int | None = None
+    """Langevin steps (default per task: inpaint 30, saltpepper 30, blind 100, crossclass 10;
+    short-run runs: their training chain's)."""
     step_size: float | None = None
+    """Langevin step (default: the run's; blind salt-and-pepper: REFINE_STEP_SIZE)."""
     grad_clip: float | None = None
+    """Gradient clip (default: the run's evaluation clip)."""
     seed: int = 0
+    """Seeds the choice of images, the corruption and the chains."""
     box: tuple[int, int, int, int] | None = None
+    """inpaint: the box to fill, (top, left, height, width) in pixels (default: the bottom
+    half)."""
     fraction: float = 0.05
+    """saltpepper: share of the pixels set to each of 0.1 and 0.9."""
     blind: bool = False
+    """saltpepper: do not tell the model which pixels are corrupted."""
     given_label: bool = False
+    """Conditional runs: restore under E(x, true label), not the free energy."""
     source: int | None = None
+    """crossclass: source class (default: test images of every class)."""
     target: int | None = None
+    """crossclass: target class (default: source + 1 mod K)."""
     chains: int = 1
+    """Chains per image, averaged (the posterior mean; inpaint, saltpepper)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise UsageError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
-        if self.num < 1 or (self.steps is not None and self.steps < 0):
-            raise UsageError(f"need num >= 1 and steps >= 0, got {self.num} and {self.steps}")
+        if self.num < 1 or (self.langevin_steps is not None and self.langevin_steps < 0):
+            raise UsageError(f"need num >= 1 and langevin_steps >= 0, got {self.num} and "
+                             f"{self.langevin_steps}")
         if (self.step_size is not None and self.step_size <= 0) or (
                 self.grad_clip is not None and self.grad_clip <= 0):
             raise UsageError("step_size and grad_clip must be positive")
@@ -275,13 +285,83 @@ def crossclass_scores(originals: Tensor, restored: Tensor, labels: Tensor, targe
 
 def _sampler(run: ImageRun, cfg: RestoreConfig) -> LangevinConfig:
     rc = run.config
-    step = cfg.step_size or (REFINE_STEP_SIZE if cfg.blind else rc.train.sampler.step_size)
+    step = cfg.step_size or (REFINE_STEP_SIZE if cfg.blind else rc.sampler.step_size)
     clip = cfg.grad_clip if cfg.grad_clip is not None else rc.eval_grad_clip
-    steps = cfg.steps if cfg.steps is not None else (
-        rc.train.sampler.steps if rc.replay_prob == 0 and not cfg.blind
-        else DEFAULT_STEPS["blind" if cfg.blind else cfg.task])
-    return replace(rc.train.sampler, steps=steps, step_size=step, step_size_end=None,
+    steps = cfg.langevin_steps if cfg.langevin_steps is not None else (
+        rc.sampler.steps if rc.contrastive.replay_prob == 0 and not cfg.blind
+        else DEFAULT_LANGEVIN_STEPS["blind" if cfg.blind else cfg.task])
+    return replace(rc.sampler, steps=steps, step_size=step, step_size_end=None,
                    grad_clip=clip, bounds=(0.0, 1.0))
+
+
+@dataclass
+class _Corrupted:
+    """The chosen test images, their labels, the cross-class targets, the chains' starts and
+    the masks (1 = a pixel to fill)."""
+
+    originals: Tensor
+    labels: Tensor
+    targets: Tensor | None
+    corrupted: Tensor
+    masks: Tensor
+
+
+def _corrupt(cfg: RestoreConfig, run: ImageRun, masks: Tensor | None,
+             data_root: str | os.PathLike | None, generator: torch.Generator) -> _Corrupted:
+    """Pick the test images and corrupt them per ``cfg.task`` (noise drawn from
+    ``generator``); ``masks`` is the user's inpainting mask, if any."""
+    shape = (run.model.config.channels, run.model.config.image_size, run.model.config.image_size)
+    box = box_mask(shape, cfg.box) if cfg.task == "inpaint" and masks is None else None
+    test = test_split(run.config, data_root)
+    targets = None
+    if cfg.task == "crossclass":
+        chosen, targets = _crossclass_targets(cfg, test.labels, run.model.config.num_classes)
+    else:
+        chosen = _pick(len(test), cfg.num, cfg.seed)
+    originals, labels = test.float(chosen), test.labels[chosen]
+    if cfg.task == "inpaint":
+        masks = masks if masks is not None else box.expand(cfg.num, *shape).clone()
+        noise = chain_init(run.config.init, shape)(cfg.num, None, generator)
+        corrupted = torch.where(masks > 0, noise, originals)
+    elif cfg.task == "saltpepper":
+        corrupted, masks = salt_and_pepper(originals, cfg.fraction, generator)
+    else:
+        corrupted, masks = originals.clone(), torch.ones_like(originals)
+    return _Corrupted(originals, labels, targets, corrupted, masks)
+
+
+def _energy(model: ImageEBM, cfg: RestoreConfig, c: _Corrupted
+            ) -> tuple[EnergyFn, Tensor | None, str]:
+    """The energy the chains follow, its condition and its name."""
+    if not model.conditional:
+        return model, None, "E(x)"
+    if cfg.task == "crossclass":
+        return model, c.targets, "E(x, target)"
+    if cfg.given_label:
+        return model, c.labels, "E(x, true label)"
+    return free_energy(model), None, "-logsumexp_y -E(x, y)"
+
+
+def _restored(run: ImageRun, cfg: RestoreConfig, c: _Corrupted, sampler: LangevinConfig,
+              generator: torch.Generator, device: torch.device) -> tuple[Tensor, str]:
+    """The mean of ``cfg.chains`` chains per image (pixels outside the mask kept bit for bit
+    when the mask is known) and the energy's name."""
+    model = run.model.to(device)
+    energy, cond, name = _energy(model, cfg, c)
+    update = None if cfg.task == "crossclass" or cfg.blind else c.masks
+    init = chain_init(run.config.init, tuple(c.originals.shape[1:]))
+    torch.manual_seed(cfg.seed)
+    starts = [c.corrupted] + [  # further chains start from fresh noise where pixels are filled
+        torch.where(c.masks > 0, init(cfg.num, None, generator), c.corrupted)
+        for _ in range(cfg.chains - 1)]
+    with eval_mode([model]):
+        restored = torch.stack([
+            langevin(energy, start.to(device), None if cond is None else cond.to(device),
+                     sampler, mask=None if update is None else update.to(device)).cpu()
+            for start in starts]).mean(0)
+    if update is not None:  # frozen pixels are returned as given, bit for bit
+        restored = torch.where(update > 0, restored, c.corrupted)
+    return restored, name
 
 
 def restore(run: ImageRun | str | os.PathLike, config: RestoreConfig | None = None, *,
@@ -296,70 +376,36 @@ def restore(run: ImageRun | str | os.PathLike, config: RestoreConfig | None = No
     cfg = config or RestoreConfig()
     device = resolve_device(device)
     run = run if isinstance(run, ImageRun) else load_image_run(run, device)
-    model, k = run.model.to(device), run.model.config.num_classes
-    shape = (model.config.channels, model.config.image_size, model.config.image_size)
+    m = run.model.config
     if mask is not None and (cfg.task != "inpaint" or cfg.box is not None):
         raise UsageError("a user mask applies to the inpaint task only, instead of a box")
-    if k == 0 and (cfg.task == "crossclass" or cfg.given_label):
+    if m.num_classes == 0 and (cfg.task == "crossclass" or cfg.given_label):
         raise UsageError(f"{'crossclass' if cfg.task == 'crossclass' else 'given_label'} needs "
                          f"a class-conditional run; this run's model is unconditional")
-    masks = check_mask(mask, cfg.num, shape) if mask is not None else None
-    box = box_mask(shape, cfg.box) if cfg.task == "inpaint" and masks is None else None
-    test = test_split(run.config, data_root)
+    masks = None if mask is None else check_mask(mask, cfg.num,
+                                                 (m.channels, m.image_size, m.image_size))
     generator = torch.Generator().manual_seed(cfg.seed)
-    targets = None
-    if cfg.task == "crossclass":
-        chosen, targets = _crossclass_targets(cfg, test.labels, k)
-    else:
-        chosen = _pick(len(test), cfg.num, cfg.seed)
-    originals, labels = test.float(chosen), test.labels[chosen]
-    if cfg.task == "inpaint":
-        masks = masks if masks is not None else box.expand(cfg.num, *shape).clone()
-        noise = chain_init(run.config.init, shape)(cfg.num, None, generator)
-        corrupted = torch.where(masks > 0, noise, originals)
-    elif cfg.task == "saltpepper":
-        corrupted, masks = salt_and_pepper(originals, cfg.fraction, generator)
-    else:
-        corrupted, masks = originals.clone(), torch.ones_like(originals)
-    update = None if cfg.task == "crossclass" or cfg.blind else masks
-    if k == 0:
-        energy, cond = model, None
-    elif cfg.task == "crossclass":
-        energy, cond = model, targets
-    elif cfg.given_label:
-        energy, cond = model, labels
-    else:
-        energy, cond = free_energy(model), None
+    c = _corrupt(cfg, run, masks, data_root, generator)
     sampler = _sampler(run, cfg)
-    torch.manual_seed(cfg.seed)
-    starts = [corrupted] + [  # further chains start from fresh noise where pixels are filled
-        torch.where(masks > 0, chain_init(run.config.init, shape)(cfg.num, None, generator),
-                    corrupted) for _ in range(cfg.chains - 1)]
-    with eval_mode([model]):
-        restored = torch.stack([
-            langevin(energy, start.to(device), None if cond is None else cond.to(device),
-                     sampler, mask=None if update is None else update.to(device)).cpu()
-            for start in starts]).mean(0)
-    if update is not None:  # frozen pixels are returned as given, bit for bit
-        restored = torch.where(update > 0, restored, corrupted)
+    restored, energy = _restored(run, cfg, c, sampler, generator, device)
     metrics: dict[str, Any] = {
         "task": cfg.task, "run": str(run.path), "dataset": run.config.dataset, "num": cfg.num,
-        "config": asdict(cfg), "sampler": asdict(sampler),
-        "energy": ("E(x)" if k == 0 else "E(x, target)" if cfg.task == "crossclass"
-                   else "E(x, true label)" if cfg.given_label else "-logsumexp_y -E(x, y)"),
-        "masked_fraction": float(masks.mean())}
+        "config": asdict(cfg), "sampler": asdict(sampler), "energy": energy,
+        "masked_fraction": float(c.masks.mean())}
     if cfg.task == "crossclass":
-        metrics.update(crossclass_scores(originals, restored, labels, targets, run, data_root,
-                                         cache_dir, progress))
+        metrics.update(crossclass_scores(c.originals, restored, c.labels, c.targets, run,
+                                         data_root, cache_dir, progress))
     else:
-        refs = reference_fills(corrupted, masks, labels if cfg.given_label else None, run,
+        refs = reference_fills(c.corrupted, c.masks, c.labels if cfg.given_label else None, run,
                                data_root)
         metrics["mask_known"] = not cfg.blind
-        metrics["scores"] = {name: masked_scores(x, originals, masks) for name, x in
-                             (("ebm", restored), ("corrupted", corrupted), *refs.items())}
+        metrics["scores"] = {name: masked_scores(x, c.originals, c.masks) for name, x in
+                             (("ebm", restored), ("corrupted", c.corrupted), *refs.items())}
         if cfg.blind:
-            metrics["ebm_unmasked_mse"] = masked_scores(restored, originals, 1 - masks)["mse"]
-    return RestoreResult(originals, corrupted, restored, masks, labels, targets, metrics)
+            metrics["ebm_unmasked_mse"] = masked_scores(restored, c.originals,
+                                                        1 - c.masks)["mse"]
+    return RestoreResult(c.originals, c.corrupted, restored, c.masks, c.labels, c.targets,
+                         metrics)
 
 
 def write_restore(out_dir: str | os.PathLike, result: RestoreResult) -> Path:
@@ -378,73 +424,23 @@ def write_restore(out_dir: str | os.PathLike, result: RestoreResult) -> Path:
     return out
 
 
-def _summary(metrics: dict[str, Any]) -> str:
-    if "scores" in metrics:
-        lines = [f"  {name:<18} MSE {s['mse']:.4f}  PSNR {s['psnr']:.2f} dB"
-                 for name, s in metrics["scores"].items()]
-        if "ebm_unmasked_mse" in metrics:
-            lines.append(f"  ebm on the untouched pixels: MSE {metrics['ebm_unmasked_mse']:.4f}")
-        return "\n".join(lines)
-    lines = [f"  distance to source: MSE {metrics['distance_to_source']['mse']:.4f}"]
-    if "target_fraction" in metrics:
-        lines.append(f"  classified as the target: {metrics['target_fraction']:.3f} "
-                     f"(sources: {metrics['target_fraction_of_sources']:.3f})")
-    return "\n".join(lines)
-
-
-def run_restore(args: argparse.Namespace) -> int:
-    out = output_folder(args.out, args.task)
+def restore_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                      config: RestoreConfig, *, mask_file: str | os.PathLike | None = None,
+                      data_root: str | os.PathLike | None = None,
+                      device: str | torch.device | None = None,
+                      progress: bool = True) -> tuple[Path, RestoreResult]:
+    """:func:`restore` (with the ``.npy`` mask ``mask_file``, if given) written to ``out_dir``
+    (:func:`write_restore` plus ``run.json``); a run's own folder is refused."""
+    out = output_folder(out_dir, config.task)
     mask = None
-    if args.mask is not None:
+    if mask_file is not None:
         try:
-            mask = np.load(args.mask)
+            mask = np.load(mask_file)
         except (OSError, ValueError) as err:
-            raise UsageError(f"{args.mask}: not a readable .npy mask ({type(err).__name__})"
+            raise UsageError(f"{mask_file}: not a readable .npy mask ({type(err).__name__})"
                              ) from None
-    cfg = RestoreConfig(task=args.task, num=args.num, steps=args.steps, step_size=args.step_size,
-                        seed=args.seed, box=tuple(args.box) if args.box else None,
-                        blind=args.blind, given_label=args.given_label, source=args.source,
-                        target=args.target, chains=args.chains)
-    result = restore(args.run, cfg, mask=mask, data_root=args.data_root, device=args.device,
-                     progress=not args.quiet)
+    result = restore(run_dir, config, mask=mask, data_root=data_root, device=device,
+                     progress=progress)
     write_restore(out, result)
-    write_run_info(out, cfg, cfg.seed, run=str(args.run), mask=args.mask)
-    print(f"{cfg.task} on {cfg.num} test images ({result.metrics['energy']})")
-    print(_summary(result.metrics))
-    print(f"wrote {out / 'restored.npy'}, {out / 'restore.png'} and {out / 'metrics.json'}")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``imagebm restore``."""
-    d = RestoreConfig()
-    p = subparsers.add_parser("restore", help="inpainting, salt-and-pepper restoration and "
-                              "cross-class mapping of test images by Langevin dynamics")
-    p.add_argument("--run", required=True, help="run folder from `imagebm train`")
-    p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--num", type=int, default=d.num, help="test images to restore")
-    p.add_argument("--chains", type=int, default=1,
-                   help="chains per image, averaged (the posterior mean; inpaint, saltpepper)")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"Langevin steps (default per task: {DEFAULT_STEPS}; short-run "
-                        f"runs: their training chain's)")
-    p.add_argument("--step-size", type=float, default=None,
-                   help=f"Langevin step (default: the run's; blind: {REFINE_STEP_SIZE})")
-    p.add_argument("--box", type=int, nargs=4, default=None,
-                   metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"),
-                   help="inpaint: the box to fill (default: the bottom half)")
-    p.add_argument("--mask", default=None, metavar="FILE.npy",
-                   help="inpaint: 0/1 array, 1 = fill; (H, W), (C, H, W) or (N, C, H, W)")
-    p.add_argument("--blind", action="store_true",
-                   help="saltpepper: do not tell the model which pixels are corrupted")
-    p.add_argument("--given-label", action="store_true",
-                   help="conditional runs: restore under E(x, true label), not the free energy")
-    p.add_argument("--source", type=int, default=None, help="crossclass: source class")
-    p.add_argument("--target", type=int, default=None,
-                   help="crossclass: target class (default: source + 1 mod K)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run_restore)
+    write_run_info(out, config, config.seed, run=str(run_dir), mask=mask_file)
+    return out, result

@@ -1,6 +1,6 @@
 """Generate images from a trained run: Langevin chains from noise in chunks (or the replay buffer).
 
-PAPER.md §1's evaluation sampler runs the chains in short chunks (20 Langevin steps, gradient
+docs/paper.md §1's evaluation sampler runs the chains in short chunks (20 Langevin steps, gradient
 clip 0.05); after each chunk 1% of the chains restart from noise, and successive chunks can use
 successive weight snapshots of the run (a historical ensemble). ``imagebm sample --run RUN
 --num N --out DIR`` writes ``samples.npy`` (N, C, H, W) in [0, 1], ``samples.png`` (a grid),
@@ -11,11 +11,11 @@ paper's training) these depart from the paper: at the training chain's temperatu
 against a drift of ~0.02-0.1 per pixel and step) every chain of a class falls into one image of
 a fixed model, from noise or from the buffer alike, the more so the longer it runs, and older
 snapshots are worse models. They therefore sample the final weights over 10 chunks with 1000
-times the noise variance (:data:`imagebm.train.SAMPLE_TEMPERATURE`), where the chains stay
+times the noise variance (:data:`imagebm.presets.SAMPLE_TEMPERATURE`), where the chains stay
 diverse, at the price of ~0.16 of noise left on each pixel. Runs trained by short-run chains
-(:func:`imagebm.train.short_run`) sample with their training chain from noise, which is what
-they were trained to make good; their fresh samples match the persistent chains (README,
-"Generative experiments"). :meth:`SampleConfig.paper` is the paper's sampler.
+(:func:`imagebm.presets.short_run`) sample with their training chain from noise, which is what
+they were trained to make good; their fresh samples match the persistent chains
+(docs/results/generative.md). :meth:`SampleConfig.paper` is the paper's sampler.
 
 Chains run with every model in eval mode, as the engine's Trainer runs its training chains:
 dropout is off and spectral-norm power iterations are frozen, so a chain follows one fixed
@@ -24,13 +24,12 @@ energy and the seed alone decides the samples. Train mode is only for the loss's
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,10 +38,10 @@ from tqdm.auto import tqdm
 
 from imagebm.grid import save_gif, save_grid, tile
 from imagebm.models import ImageEBM, build_model
+from imagebm.presets import ImageTrainConfig
 from imagebm.train import (
     CHECKPOINT_FILE,
     ImageRun,
-    ImageTrainConfig,
     chain_init,
     load_image_run,
     load_weights,
@@ -62,24 +61,35 @@ class SampleConfig:
     """Evaluation sampler: ``chunks`` x ``chunk_steps`` steps over an ensemble of snapshots.
 
     ``None`` fields take the run's own settings (``eval_*`` of its config, :meth:`resolve`;
-    ``grad_clip=inf`` turns clipping off); ``ensemble`` is the number of newest snapshots
-    cycled through (1 = the final weights only); ``temperature`` multiplies the noise variance
-    of the run's chain (module docstring). ``start="buffer"`` continues the newest ``num``
-    chains of the run's replay buffer (with their labels) instead of starting from noise;
-    with ``chunks=0`` the result is the persistent training chains themselves.
+    ``grad_clip=inf`` turns clipping off). ``start="buffer"`` with ``chunks=0`` gives the
+    persistent training chains themselves.
     """
 
     num: int = 64
-    start: str = "noise"
+    """Images to sample."""
+    start: Literal["noise", "buffer"] = "noise"
+    """Chains start from noise (the paper's evaluation) or continue the newest chains of the
+    run's replay buffer, with their labels."""
     chunks: int | None = None
+    """Sampling chunks (>= 0; default: the run's, 10, or 1 for short-run runs; paper: 20)."""
     chunk_steps: int | None = None
+    """Langevin steps per chunk (default: the run's, 20, or its training chain's for
+    short-run runs)."""
     grad_clip: float | None = None
+    """The chains' gradient clip (default: the run's evaluation clip)."""
     reinit: float | None = None
+    """Share of the chains restarted from noise after each chunk (default: the run's)."""
     ensemble: int = 1
+    """Newest snapshots to cycle through (1 = final weights; paper: 10)."""
     temperature: float | None = None
+    """Multiplies the chains' noise variance (default: the run's, 1000, or 1 for short-run
+    runs; paper: 1, whose chains collapse to one image per class on persistent runs)."""
     labels: list[int] | None = None
+    """Classes to sample (cycled); default: every class in turn."""
     seed: int = 0
+    """Seeds the chains' starts, restarts and noise."""
     gif_frames: int = 0
+    """Images per frame of chain.gif, one frame per chunk (0: no GIF)."""
 
     def __post_init__(self) -> None:
         if self.num < 1 or (self.chunks is not None and self.chunks < 0) or self.ensemble < 1:
@@ -196,7 +206,7 @@ def sample_images(run: ImageRun | str | os.PathLike, config: SampleConfig | None
     x, labels = buffer_chains(run, cfg.num) if cfg.start == "buffer" else (
         None, class_labels(run, cfg.num, cfg.labels))
     models = ensemble_models(run, cfg.ensemble, device)
-    sampler = replace(rc.train.sampler, steps=cfg.chunk_steps, grad_clip=cfg.grad_clip,
+    sampler = replace(rc.sampler, steps=cfg.chunk_steps, grad_clip=cfg.grad_clip,
                       temperature=cfg.temperature, bounds=(0.0, 1.0))
     shape = (run.model.config.channels, run.model.config.image_size, run.model.config.image_size)
     init = chain_init(rc.init, shape)
@@ -239,45 +249,16 @@ def write_samples(out_dir: str | os.PathLike, images: Tensor, labels: Tensor | N
     return out
 
 
-def run_sample(args: argparse.Namespace) -> int:
-    cfg = SampleConfig(num=args.num, start=args.start, chunks=args.chunks,
-                       chunk_steps=args.chunk_steps, ensemble=args.ensemble,
-                       temperature=args.temperature, labels=args.labels, seed=args.seed,
-                       gif_frames=64 if args.gif else 0)
-    out = output_folder(args.out, "samples")
-    run = load_image_run(args.run, resolve_device(args.device))
-    images, labels, frames = sample_images(run, cfg, args.device, progress=not args.quiet)
+def sample_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                     config: SampleConfig | None = None,
+                     device: str | torch.device | None = None, progress: bool = True
+                     ) -> tuple[Path, int]:
+    """Sample a run into ``out_dir`` (:func:`write_samples` plus ``run.json``, the resolved
+    sampler); a run's own folder is refused. Returns the folder and the number of images."""
+    cfg = config or SampleConfig()
+    out = output_folder(out_dir, "samples")
+    run = load_image_run(run_dir, resolve_device(device))
+    images, labels, frames = sample_images(run, cfg, device, progress=progress)
     write_samples(out, images, labels, frames)
-    write_run_info(out, cfg.resolve(run.config), cfg.seed, run=str(args.run))
-    print(f"wrote {len(images)} samples to {out / 'samples.npy'} and {out / 'samples.png'}")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``imagebm sample``."""
-    d = SampleConfig()
-    p = subparsers.add_parser("sample", help="generate images from a trained run")
-    p.add_argument("--run", required=True, help="run folder from `imagebm train`")
-    p.add_argument("--num", type=int, default=d.num)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--start", default=d.start, choices=STARTS,
-                   help="chains start from noise (paper's evaluation) or the run's replay buffer")
-    p.add_argument("--chunks", type=int, default=None,
-                   help="sampling chunks (>= 0; default: the run's, 10, or 1 for short-run "
-                        "runs; paper: 20)")
-    p.add_argument("--chunk-steps", type=int, default=None,
-                   help="Langevin steps per chunk (default: the run's, 20, or its training "
-                        "chain's for short-run runs)")
-    p.add_argument("--ensemble", type=int, default=d.ensemble,
-                   help="newest snapshots to cycle through (1 = final weights; paper: 10)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="multiplies the chains' noise variance (default: the run's, 1000, or "
-                        "1 for short-run runs; paper: 1, whose chains collapse to one image "
-                        "per class on persistent runs)")
-    p.add_argument("--labels", type=int, nargs="+", default=None,
-                   help="classes to sample (cycled); default: every class in turn")
-    p.add_argument("--gif", action="store_true", help="also write chain.gif")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_sample)
+    write_run_info(out, cfg.resolve(run.config), cfg.seed, run=str(run_dir))
+    return out, len(images)

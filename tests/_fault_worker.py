@@ -23,7 +23,14 @@ from torch import nn
 from trajebm.engine.buffer import ReplayBuffer, uniform_init
 from trajebm.engine.errors import UsageError
 from trajebm.engine.sampling import LangevinConfig, langevin
-from trajebm.engine.train import TensorBatches, TrainConfig, Trainer
+from trajebm.engine.train import (
+    Contrastive,
+    ContrastiveConfig,
+    Supervised,
+    TensorBatches,
+    TrainConfig,
+    Trainer,
+)
 
 SAMPLER = LangevinConfig(steps=5, step_size=0.05, convention="textbook", grad_clip=None,
                          bounds=None)
@@ -65,12 +72,14 @@ def ebm_trainer(out, steps: int, **overrides) -> Trainer:
     """The run every fault test breaks: EMA, validation and selection on, checkpoints every 3."""
     torch.manual_seed(0)
     data = torch.randn(256, 2, generator=torch.Generator().manual_seed(5)) * 0.5 + 1.0
-    settings = dict(steps=steps, lr=1e-2, sampler=SAMPLER, checkpoint_every=3, log_every=1,
+    settings = dict(steps=steps, lr=1e-2, checkpoint_every=3, log_every=1,
                     progress=False, ema_decay=0.9, validate_every=5, select_by="score")
     config = TrainConfig(**{**settings, **overrides})
     buffer = ReplayBuffer(200, (2,), uniform_init(-2, 2, (2,)))
     batches = Paced(data, batch_size=32)
-    batches.trainer = Trainer(Energy(), batches, buffer, config, out, validate=validate)
+    model = Energy()
+    batches.trainer = Trainer(model, batches, Contrastive(model, SAMPLER, buffer), config, out,
+                              validate=validate)
     return batches.trainer
 
 
@@ -124,7 +133,8 @@ def regression_trainer(out, steps: int, batch: int, rank: int = 0, world: int = 
 
     config = TrainConfig(steps=steps, lr=1e-2, adam_clip=False, checkpoint_every=3,
                          progress=False)
-    return Trainer(model, Shards(x, y, batch, rank, world), None, config, out, loss_fn=loss_fn)
+    return Trainer(model, Shards(x, y, batch, rank, world), Supervised(model, loss_fn), config,
+                   out)
 
 
 def flat(model: nn.Module) -> np.ndarray:
@@ -146,20 +156,20 @@ def ddp_worker(rank: int, world: int, port: int, out: str, queue) -> None:
         data = torch.randn(256, 2, generator=torch.Generator().manual_seed(5)) + 1.0
 
         def ebm(steps):
-            config = TrainConfig(steps=steps, lr=1e-2, sampler=SAMPLER, checkpoint_every=3,
-                                 progress=False)
+            config = TrainConfig(steps=steps, lr=1e-2, checkpoint_every=3, progress=False)
             buffer = ReplayBuffer(100, (2,), uniform_init(-2, 2, (2,)), seed=0)
-            return Trainer(Energy(), TensorBatches(data, batch_size=16, seed=0), buffer, config,
-                           run)
+            model = Energy()
+            return Trainer(model, TensorBatches(data, batch_size=16, seed=0),
+                           Contrastive(model, SAMPLER, buffer, ContrastiveConfig()), config, run)
 
         first = ebm(3)
-        starts = first.buffer.generator.get_state(), first.batches.perm.clone()
+        starts = first.objective.buffer.generator.get_state(), first.batches.perm.clone()
         first.fit()
         mine = os.path.join(run, "checkpoint.pt" if rank == 0 else f"checkpoint.rank{rank}.pt")
         stale = open(mine, "rb").read()
         resumed = ebm(6)
         resumed.fit(resume=True)
-        queue.put(("ebm", rank, (flat(resumed.model), resumed.buffer.data.numpy().copy(),
+        queue.put(("ebm", rank, (flat(resumed.model), resumed.objective.buffer.data.numpy().copy(),
                                  starts[0].numpy(), starts[1].numpy())))
 
         for fault in ("missing", "stale"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from imagebm.datasets import load_dataset
@@ -14,9 +13,8 @@ def tiny_digits_run(out: Path, steps: int = 3, chain_steps: int = 2,
                     conditional: bool = True) -> Path:
     """A ``digits`` run of ``steps`` updates with ``chain_steps``-step chains, in ``out``."""
     cfg = preset("digits", steps=steps, conditional=conditional, checkpoint_every=1000,
-                 snapshot_every=1000)
-    sampler = replace(cfg.train.sampler, steps=chain_steps)
-    train_images(replace(cfg, train=replace(cfg.train, sampler=sampler)), out, progress=False)
+                 snapshot_every=1000, sampler_steps=chain_steps)
+    train_images(cfg, out, progress=False)
     return out
 
 

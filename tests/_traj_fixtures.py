@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from pathlib import Path
 
 from trajebm.data.collection import CollectConfig, collect
 from trajebm.data.policies import PolicyConfig
 from trajebm.fit import FitConfig, fit_model, trajectory_train_config
-from trajebm.models import ModelConfig, TrajectoryModel, load_model, paper_sampler
+from trajebm.modelio import load_model
+from trajebm.models import TrajectoryModel, model_config, paper_sampler
 
 SMALL = CollectConfig(episodes=24, length=16, policy=PolicyConfig("scripted", random_every=4),
                       seed=5, chunk_episodes=12)
@@ -26,13 +28,14 @@ def small_dataset(root: Path) -> Path:
 def tiny_fit(kind: str, steps: int = 30, conditional: bool = True, sampler_steps: int = 20
              ) -> FitConfig:
     """A seconds-long training config with a small network (no validation rollouts)."""
-    from dataclasses import replace
-
-    model = ModelConfig(kind=kind, conditional=conditional, hidden=32, layers=2, members=2,
-                        sampler=replace(paper_sampler(), steps=sampler_steps))
+    settings = {"conditional": conditional, "hidden": 32, "layers": 2}
+    if kind == "ensemble":
+        settings["members"] = 2
+    if kind == "ebm":
+        settings["sampler"] = replace(paper_sampler(), steps=sampler_steps)
     train = trajectory_train_config(steps=steps, warmup_steps=5, checkpoint_every=1000,
                                     log_every=10, progress=False, validate_every=0)
-    return FitConfig(model=model, train=train, batch_size=64)
+    return FitConfig(model=model_config(kind, **settings), train=train, batch_size=64)
 
 
 def trained(root: Path, kind: str, conditional: bool = True, steps: int = 30) -> TrajectoryModel:

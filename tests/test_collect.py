@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -17,10 +16,10 @@ import numpy as np
 import pytest
 from _hand_fixtures import TINY, tiny_dataset
 
-from trajebm.data import cli as data_cli
+from trajebm.cli import data as data_cli
+from trajebm.cli.options import console_parser, run_command
 from trajebm.data.collection import CollectConfig, check_config, collect
 from trajebm.data.policies import PolicyConfig, policy_actions
-from trajebm.engine.console import run_command
 from trajebm.engine.errors import UsageError
 
 
@@ -29,11 +28,15 @@ def tiny(tmp_path_factory) -> Path:
     return tiny_dataset(tmp_path_factory.getbasetemp())
 
 
+def run_data_cli(argv: list[str]) -> int:
+    """Run the data subcommands through trajebm's real error handling; the exit status."""
+    return run_command(console_parser("trajebm", "trajebm's data commands",
+                                      [data_cli.register]), argv)
+
+
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """Run the data subcommands through trajebm's real error handling; (status, stderr)."""
-    parser = argparse.ArgumentParser(prog="trajebm")
-    data_cli.add_parser(parser.add_subparsers(dest="command", required=True))
-    status = run_command(parser, argv)
+    """:func:`run_data_cli`: (status, stderr)."""
+    status = run_data_cli(argv)
     return status, capsys.readouterr().err
 
 
@@ -117,7 +120,8 @@ def test_scripted_policy_moves_the_object(tiny):
 
 def test_kill_9_mid_run_then_resume_completes_exactly(tiny, tmp_path):
     out = tmp_path / "killed"
-    argv = [sys.executable, "-m", "trajebm.cli", "collect", "--episodes", str(TINY.episodes),
+    argv = [sys.executable, "-c", "import sys; from trajebm.cli import main; sys.exit(main())",
+            "collect", "--episodes", str(TINY.episodes),
             "--length", str(TINY.length), "--policy", "scripted", "--seed", str(TINY.seed),
             "--chunk", "1", "--workers", "1", "--out", str(out), "--quiet"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,9 +9,9 @@ import pytest
 from _traj_fixtures import small_dataset
 
 from trajebm.cli import main
-from trajebm.compare import slug
+from trajebm.compare import CompareConfig, parse_base, run_config, slug
 from trajebm.engine.errors import UsageError
-from trajebm.fit import variant_config
+from trajebm.variants import variant_config
 
 BASE = ("ebm:steps=6,hidden=16,layers=1,members=2,batch_size=32,warmup_steps=1,"
         "validate_every=0,sampler_steps=3,test_fraction=0.2")
@@ -91,8 +91,41 @@ def test_variant_specs_reach_every_level_of_the_config():
     assert paper.batch_size == 1024 and paper.model.delta_input is False
     assert variant_config("fc-paper").model.residual is False
     assert variant_config("ebm-uncond").model.conditional is False
-    with pytest.raises(UsageError, match="segment"):
-        variant_config("fc:segment=2")
+    with pytest.warns(UserWarning, match="segment does not apply to this model; ignored"):
+        assert variant_config("fc:segment=2") == variant_config("fc")
+
+
+def test_variant_folders_are_safe_names():
     assert slug("ebm:a=1,b=0.5") == "ebm__a-1_b-0.5"
     with pytest.raises(UsageError):
         slug("ebm:a=../x")
+
+
+def test_base_settings_are_a_dict_every_variant_starts_from():
+    assert parse_base("steps=6,hidden=16") == {"steps": 6, "hidden": 16}
+    assert parse_base("ebm:steps=6,test_fraction=0.2") == {"steps": 6, "test_fraction": 0.2}
+    assert parse_base("fc") == {}
+    with pytest.raises(UsageError, match="unknown model 'gan'"):
+        parse_base("gan:steps=3")
+    with pytest.raises(UsageError, match="expected key=value"):
+        parse_base("steps=1,hidden")
+    with pytest.raises(UsageError, match="unknown model 'steps'"):
+        parse_base("steps")
+    cfg = CompareConfig(base="steps=6,hidden=16,test_fraction=0.2")
+    assert cfg.base == {"steps": 6, "hidden": 16, "test_fraction": 0.2}
+    for spec in ("fc", "ebm:hidden=8"):
+        run = run_config(spec, 3, cfg)
+        assert run.train.steps == 6 and run.test_fraction == 0.2 and run.train.seed == 3
+        assert run.model.hidden == (8 if ":" in spec else 16)
+        assert run.train.progress is False  # the evaluation's progress setting
+
+
+def test_a_horizon_longer_than_the_data_is_cut_with_a_warning(root, tmp_path):
+    from trajebm.compare import compare
+
+    cfg = CompareConfig(seeds=1, base=BASE.partition(":")[2] + ",steps=2", resamples=20,
+                        band_resamples=10)
+    cfg.eval.horizon, cfg.eval.samples = 500, 1
+    with pytest.warns(UserWarning, match="predicting 13 steps"):
+        summary = compare(small_dataset(root), ["fc"], tmp_path / "cmp", cfg)
+    assert summary["horizon"] == 13

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -12,11 +11,11 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 from _hand_fixtures import TINY, tiny_dataset
+from test_collect import run_data_cli
 
-from trajebm.data import TrajectoryDataset, dataset_info, render_episode
-from trajebm.data import cli as data_cli
+from trajebm.data import DatasetInfo, TrajectoryDataset, dataset_info, read_info, render_episode
 from trajebm.data.dataset import RELATIVE_FLOOR, NormStats
-from trajebm.engine.console import run_command
+from trajebm.data.synthetic import write_synthetic_dataset
 from trajebm.engine.errors import UsageError
 
 
@@ -26,11 +25,53 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="trajebm")
-    data_cli.add_parser(parser.add_subparsers(dest="command", required=True))
-    status = run_command(parser, argv)
+    status = run_data_cli(argv)
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+LEGACY_HAND = Path(__file__).parent / "fixtures" / "legacy" / "hand"
+
+
+def test_metadata_is_typed(tiny):
+    ds = TrajectoryDataset(tiny)
+    info = ds.info
+    assert isinstance(info, DatasetInfo) and info == read_info(tiny)[1]
+    assert info.env_id == TINY.env_id and info.dataset_id == "tiny-v0"
+    assert info.state_names == tuple(ds.state_names) and len(info.state_names) == 31
+    assert (info.state_dim, info.action_dim) == (31, 20) and not info.include_velocities
+    assert info.dt == pytest.approx(0.04) and info.n_substeps == 20
+    assert (info.episodes, info.length, info.seed) == (TINY.episodes, TINY.length, TINY.seed)
+    assert info.total_steps == TINY.episodes * TINY.length and info.shard is None
+    assert info.policy["name"] == "scripted" and info.simulator_versions["mujoco"]
+    assert ds.metadata["trajebm"]["state_names"] == list(info.state_names)  # the raw document
+
+
+def test_datasets_from_before_load_with_typed_metadata(tmp_path):
+    hand = tmp_path / "hand"
+    shutil.copytree(LEGACY_HAND, hand)  # the reader writes its cache beside the dataset
+    ds = TrajectoryDataset(hand, context=4)
+    assert ds.info.dataset_id == "hand-v0" and ds.info.env_id == "trajebm/ShadowHandBlock-v0"
+    assert ds.info.total_episodes == 20 and ds.info.length == 16 and ds.info.seed == 5
+    assert ds.info.policy["random_every"] == 4 and ds.info.dt == pytest.approx(0.04)
+    assert ds.trajectories("all")[0].shape == (20, 17, 31)
+    synthetic = write_synthetic_dataset(tmp_path / "synthetic", 3, length=5, progress=False)
+    info = TrajectoryDataset(synthetic).info
+    assert info.env_id == "synthetic" and info.dt is None and info.n_substeps is None
+    with pytest.raises(UsageError, match="no simulator to render"):
+        render_episode(synthetic, 0, tmp_path / "x.png")
+
+
+def test_metadata_without_a_required_key_is_one_usage_error(tiny, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny, other)
+    meta = json.loads((other / "data/metadata.json").read_text())
+    del meta["trajebm"]["state_names"]
+    (other / "data/metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(UsageError, match="has no 'trajebm.state_names'"):
+        TrajectoryDataset(other)
+    assert DatasetInfo.from_json({**meta, "trajebm": {**meta["trajebm"], "state_names": ["a"]}}
+                                 ).state_names == ("a",)
 
 
 def test_windows_match_a_naive_loop(tiny):

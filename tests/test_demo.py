@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 
-from trajebm.cli import main
+from trajebm.cli import build_parser, main
 from trajebm.demo import MODELS, DemoConfig, run_demo
+
+
+def test_demo_writes_under_runs_by_default():
+    args = build_parser().parse_args(["demo"])
+    assert args.out == "runs/demo" and args.episodes == DemoConfig().episodes
 
 
 def test_demo_end_to_end_tiny(tmp_path, capsys):

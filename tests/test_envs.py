@@ -1,4 +1,5 @@
-"""The Shadow-hand envs: gymnasium API, state vector <-> simulator, rollout equivalence."""
+"""The Shadow-hand envs: gymnasium API, state vector <-> simulator, the simulator API and
+its equivalence with stepping the env."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from gymnasium.utils.env_checker import check_env
 
 import trajebm.envs
 from trajebm.data.collection import RolloutCollector
-from trajebm.envs import ShadowHandEnv, compat, get_state, set_state
+from trajebm.envs import ShadowHandEnv, Simulator, compat, get_state, set_state
+
+ENV = "trajebm/ShadowHandBlock-v0"
 
 
 def test_registered_envs_pass_check_env():
@@ -104,6 +107,60 @@ def test_rollout_collection_equals_stepping_the_gymnasium_env():
     np.testing.assert_allclose(goals[0], info["goal"])
 
 
+def test_simulator_steps_set_states_as_the_gymnasium_env_does():
+    """Set a state, step it: the same as setting the env (reset with the simulator's seed) to
+    that state and stepping it, for every state of a batch, whatever the workers."""
+    rng = np.random.default_rng(0)
+    env = gym.make(ENV, include_velocities=True).unwrapped
+    env.reset(seed=3)
+    visited = np.stack([env.step(a)[0] for a in rng.uniform(-1, 1, (4, 20))])
+    actions = rng.uniform(-1, 1, (4, 20)).astype(np.float32)
+    with Simulator.make(ENV, include_velocities=True, workers=2, seed=0) as sim:
+        assert sim.layout.dim == 61 and sim.state_size > 61
+        stepped = sim.step(visited, actions)
+    for state, action, got in zip(visited, actions, stepped, strict=True):
+        env.reset(seed=0)
+        env.set_state_vector(state)
+        env.data.qacc_warmstart[:] = 0  # the simulator starts each step from rest
+        np.testing.assert_allclose(got, env.step(action)[0], rtol=0, atol=1e-9)
+    assert not np.allclose(stepped, visited)
+    env.close()
+
+
+def test_simulator_physics_states_hold_the_state_vectors():
+    env = ShadowHandEnv()
+    env.reset(seed=1)
+    vector = env.state_vector()
+    with Simulator.make(ENV, seed=0) as sim:
+        full = sim.physics_states(np.stack([vector, vector]))
+        data = mujoco.MjData(sim.model)
+        mujoco.mj_setState(sim.model, data, full[1], mujoco.mjtState.mjSTATE_FULLPHYSICS)
+        np.testing.assert_allclose(sim.layout.state_from_qpos_qvel(data.qpos, data.qvel), vector,
+                                   atol=1e-12)
+        assert not data.qvel.any()  # positions only: the state starts at rest
+        with pytest.raises(ValueError, match="shape"):
+            sim.physics_states(np.zeros((1, 30)))
+
+
+def test_simulator_closed_loop_equals_rollout_under_the_same_actions():
+    pytest.importorskip("mujoco.batch")
+    actions = np.random.default_rng(1).uniform(-1, 1, (3, 5, 20)).astype(np.float32)
+    with RolloutCollector(ENV, workers=2) as collector:
+        full, warmstart, _ = collector.reset_states([4, 5, 6])
+        integration, _ = collector.reset_integration_states([4, 5, 6])
+        sim = collector.simulator
+        open_loop = sim.rollout(full, warmstart, actions)
+        seen = []
+
+        def act(states: np.ndarray, t: int) -> np.ndarray:
+            seen.append(states.copy())
+            return actions[:, t]
+
+        closed = sim.closed_loop(integration, 5, act)
+    np.testing.assert_allclose(closed, open_loop, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(np.stack(seen, 1), closed[:, :5])
+
+
 def test_rgb_array_renders_offscreen_and_human_mode_is_refused():
     env = gym.make("trajebm/ShadowHandBlock-v0", render_mode="rgb_array", width=64, height=48)
     env.reset(seed=0)
@@ -116,7 +173,7 @@ def test_rgb_array_renders_offscreen_and_human_mode_is_refused():
 
 def test_importing_trajebm_and_its_data_cli_does_not_load_mujoco():
     code = (
-        "import sys, trajebm, trajebm.data, trajebm.data.cli, trajebm.data.dataset; "
+        "import sys, trajebm, trajebm.data, trajebm.cli.data, trajebm.data.dataset; "
         "assert 'mujoco' not in sys.modules, 'mujoco imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,5 @@
-"""Evaluation: FD per step and its floor, physics-consistency error, the report and plots."""
+"""Evaluation: FD per step and its floor, physics-consistency error, the report and plots,
+a horizon longer than the data and other bad input."""
 
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ from trajebm.data.policies import PolicyConfig
 from trajebm.engine.errors import UsageError
 from trajebm.evaluate import (
     EvalConfig,
-    PhysicsChecker,
     evaluate,
     fd_per_step,
+    load_test_set,
     markdown_table,
+    physics_checker,
     physics_error,
+    predict_test,
 )
 from trajebm.fit import fit_model
+from trajebm.rollout import usable_horizon
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +45,14 @@ def test_fd_per_step_grows_with_a_shift():
 def test_physics_error_is_small_for_true_transitions(root):
     ds = TrajectoryDataset(small_dataset(root), context=4)
     states, actions = ds.trajectories("train")
-    checker = PhysicsChecker(ds.metadata["trajebm"]["env_id"])
-    try:
+    with physics_checker(ds.info) as checker:
         s, a, nxt = states[:4, 1:9], actions[:4, 1:9], states[:4, 2:10]
         true_err = physics_error(checker, s, a, nxt, ds.state_stats.std)
         wrong = physics_error(checker, s, a, states[:4, 6:14], ds.state_stats.std)
         shuffled = physics_error(checker, s, a[::-1], nxt, ds.state_stats.std)
-    finally:
-        checker.close()
     assert true_err < 0.5 * wrong and true_err < shuffled
+    with physics_checker(ds.info, needed=False) as none:
+        assert none is None
 
 
 def test_evaluate_writes_metrics_and_plots(root, tmp_path):
@@ -119,3 +122,32 @@ def test_evaluate_cli_and_bad_input(root, tmp_path, capsys):
         evaluate(data, [], tmp_path / "x")
     with pytest.raises(UsageError, match="horizon and samples"):
         evaluate(data, [root / "runs" / "fc-30"], tmp_path / "x", EvalConfig(horizon=0))
+
+
+def test_a_horizon_longer_than_the_data_is_cut_with_a_warning(root, tmp_path):
+    data = small_dataset(root)  # 16 steps: 13 predictable after 4 context states
+    model = trained(root, "fc")
+    test = load_test_set(data, model.split, 4)
+    with pytest.warns(UserWarning, match="predicting 13 steps"):
+        assert usable_horizon(500, test.states.shape[1], 4) == 13
+    with pytest.warns(UserWarning, match="13 steps"):
+        pred = predict_test(model, test, EvalConfig(horizon=500, progress=False))
+    assert pred.shape[2] == 13
+    ecfg = EvalConfig(horizon=500, samples=2, physics_episodes=1, render=False, plots=False,
+                      progress=False)
+    with pytest.warns(UserWarning, match="13 steps"):
+        report = evaluate(data, [root / "runs" / "fc-30"], tmp_path / "rep", ecfg)
+    assert report["horizon"] == 13 and len(report["models"]["fc"]["fd"]) == 13
+
+
+def test_bad_evaluate_arguments_exit_2_with_one_line(root, tmp_path, capsys):
+    data = small_dataset(root)
+    trained(root, "fc")
+    run = str(root / "runs" / "fc-30")
+    for argv, message in (
+            (["--data", str(tmp_path / "none"), "--models", run], "does not exist"),
+            (["--data", str(data), "--models", str(tmp_path / "none")], "no such model"),
+            (["--data", str(data), "--models", run, "--samples", "0"], "must be positive")):
+        status = main(["evaluate", *argv, "--out", str(tmp_path / "r"), "--quiet"])
+        err = capsys.readouterr().err
+        assert status == 2 and message in err and err.count("\n") == 1, err

@@ -27,7 +27,7 @@ from trajebm.engine.errors import UsageError
 
 def tiny(steps: int, name: str = "digits", **overrides):
     cfg = preset(name, steps=steps, checkpoint_every=1000, snapshot_every=1000, **overrides)
-    return replace(cfg, train=replace(cfg.train, sampler=replace(cfg.train.sampler, steps=5)))
+    return replace(cfg, sampler=replace(cfg.sampler, steps=5))
 
 
 @pytest.fixture(scope="module")

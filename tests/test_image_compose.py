@@ -30,7 +30,7 @@ def tiny(label_factor: str, **overrides):
                  limit=300, batch_size=16, steps=2, checkpoint_every=2, snapshot_every=2,
                  **overrides)
     return replace(cfg, model=replace(cfg.model, width=4),
-                   train=replace(cfg.train, sampler=replace(cfg.train.sampler, steps=2)))
+                   sampler=replace(cfg.sampler, steps=2))
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +75,13 @@ def test_compose_cli_writes_samples_and_refuses_bad_input(runs, tmp_path, capsys
     assert samples.shape == (5, 1, 16, 16) and 0 <= samples.min() and samples.max() <= 1
     assert (out / "samples.png").exists()
     info = json.loads((out / "run.json").read_text())
-    assert info["labels"] == [2, 0] and info["config"]["steps"] == 2
+    assert info["labels"] == [2, 0] and info["config"]["langevin_steps"] == 2
     # one expert alone is sampling that model; one call may ask for several combinations
-    one = compose_images([runs / "x"], [1], ComposeConfig(num=3, steps=2))
+    one = compose_images([runs / "x"], [1], ComposeConfig(num=3, langevin_steps=2))
     assert one.shape == (3, 1, 16, 16)
     several = compose_images([load_image_run(runs / "shape"), load_image_run(runs / "x")],
                              [torch.tensor([0, 1, 2]), torch.tensor([1, 1, 0])],
-                             ComposeConfig(num=3, steps=2))
+                             ComposeConfig(num=3, langevin_steps=2))
     assert several.shape == (3, 1, 16, 16)
 
     bigger = tmp_path / "bigger"
@@ -104,8 +104,8 @@ def test_compose_cli_writes_samples_and_refuses_bad_input(runs, tmp_path, capsys
 
 def test_tiny_compositional_generalisation_run_writes_its_report(tmp_path):
     cfg = CompositionConfig(factors=("shape", "x"), factor_bins={"x": 2}, hold_out=HELD,
-                            train_steps=2, limit=300, batch_size=16, num=2,
-                            classifier_steps=3, sampler=ComposeConfig(steps=2))
+                            steps=2, limit=300, batch_size=16, num=2,
+                            classifier_steps=3, sampler=ComposeConfig(langevin_steps=2))
     report = compositional_generalisation(tmp_path / "exp", cfg, progress=False)
     assert set(report["summary"]) == {"held_out", "seen"}
     assert set(report["summary"]["held_out"]) == {"composed", "joint", "test data"}
@@ -121,5 +121,5 @@ def test_tiny_compositional_generalisation_run_writes_its_report(tmp_path):
     again = compositional_generalisation(tmp_path / "exp", replace(cfg, num=3), progress=False)
     assert again["combinations"][4]["composed"]["n"] == 3
     with pytest.raises(UsageError, match="another config"):
-        compositional_generalisation(tmp_path / "exp", replace(cfg, train_steps=3),
+        compositional_generalisation(tmp_path / "exp", replace(cfg, steps=3),
                                      progress=False)

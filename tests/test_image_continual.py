@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import imagebm.continual as continual
+import imagebm.continual.setup as continual_setup
 import trajebm.engine.train as engine_train
+import trajebm.engine.train.objectives as objectives
 from imagebm.cli import main
 from imagebm.continual import (
     METHODS,
@@ -55,14 +57,14 @@ def test_no_task_is_seen_before_its_turn(monkeypatch):
             events.append(("batch", set(cond.tolist())))
             return x, cond
 
-    sampler = engine_train.langevin
+    sampler = objectives.langevin
 
     def recorded_langevin(energy, x, cond=None, *args, **kwargs):
         events.append(("negatives", set(cond.tolist())))
         return sampler(energy, x, cond, *args, **kwargs)
 
-    monkeypatch.setattr(continual, "TensorBatches", Recorded)
-    monkeypatch.setattr(engine_train, "langevin", recorded_langevin)
+    monkeypatch.setattr(continual_setup, "TensorBatches", Recorded)
+    monkeypatch.setattr(objectives, "langevin", recorded_langevin)
     cfg = tiny(steps=3)
     setup = continual.load_setup(cfg)
     for method in ("ebm", "finetune", "lwf", "joint"):

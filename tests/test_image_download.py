@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import http.server
@@ -16,8 +15,8 @@ import pytest
 from test_image_datasets import write_cifar, write_dsprites
 
 from imagebm import download as dl
+from imagebm.cli import main
 from imagebm.datasets import DSPRITES_FILE, load_dataset
-from trajebm.engine.console import run_command
 from trajebm.engine.errors import UsageError
 
 
@@ -170,9 +169,7 @@ def test_registry_is_well_formed():
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="imagebm")
-    dl.add_parser(parser.add_subparsers(dest="command", required=True))
-    status = run_command(parser, argv)
+    status = main(argv)
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 

@@ -14,7 +14,7 @@ from _image_fixtures import digits_classifier, tiny_digits_run
 from imagebm.cli import main
 from imagebm.metrics import nearest
 from imagebm.restore import (
-    DEFAULT_STEPS,
+    DEFAULT_LANGEVIN_STEPS,
     RestoreConfig,
     box_mask,
     check_mask,
@@ -39,7 +39,7 @@ def data_home(tmp_path_factory):
 
 
 def test_inpainting_never_changes_unmasked_pixels(run):
-    cfg = RestoreConfig(task="inpaint", num=6, steps=4, box=(1, 2, 3, 4))
+    cfg = RestoreConfig(task="inpaint", num=6, langevin_steps=4, box=(1, 2, 3, 4))
     r = restore(run, cfg, progress=False)
     keep = r.masks == 0
     assert torch.equal(r.masks[0, 0], box_mask((1, 8, 8), (1, 2, 3, 4))[0])
@@ -81,11 +81,12 @@ def test_nearest_on_visible_pixels_ignores_masked_pixels():
 
 
 def test_saltpepper_known_and_blind(run):
-    known = restore(run, RestoreConfig(task="saltpepper", num=5, steps=3), progress=False)
+    known = restore(run, RestoreConfig(task="saltpepper", num=5, langevin_steps=3),
+                    progress=False)
     assert abs(known.metrics["masked_fraction"] - 6 / 64) < 1e-6  # 3 + 3 of 64 pixels
     keep = known.masks == 0
     assert torch.equal(known.restored[keep], known.originals[keep])
-    blind = restore(run, RestoreConfig(task="saltpepper", num=5, steps=3, blind=True),
+    blind = restore(run, RestoreConfig(task="saltpepper", num=5, langevin_steps=3, blind=True),
                     progress=False)
     assert not blind.metrics["mask_known"] and "ebm_unmasked_mse" in blind.metrics
     assert blind.metrics["sampler"]["step_size"] == 1.0
@@ -143,7 +144,7 @@ def test_unconditional_run_refuses_crossclass_but_inpaints(tmp_path, capsys):
     assert main(["restore", "--run", str(uncond), "--task", "crossclass", "--out", str(out),
                  "--quiet"]) == 2
     assert "class-conditional" in capsys.readouterr().err and not out.exists()
-    r = restore(load_image_run(uncond), RestoreConfig(num=3, steps=2), progress=False)
+    r = restore(load_image_run(uncond), RestoreConfig(num=3, langevin_steps=2), progress=False)
     assert r.metrics["energy"] == "E(x)"
     with pytest.raises(UsageError, match="0 \\(keep\\) or 1"):
         check_mask(np.full((8, 8), 2.0), 3, (1, 8, 8))
@@ -151,10 +152,10 @@ def test_unconditional_run_refuses_crossclass_but_inpaints(tmp_path, capsys):
 
 def test_default_chain_length_is_the_training_chains_for_short_run_runs(run):
     persistent = restore(run, RestoreConfig(task="inpaint", num=2), progress=False)
-    assert persistent.metrics["sampler"]["steps"] == DEFAULT_STEPS["inpaint"]
+    assert persistent.metrics["sampler"]["steps"] == DEFAULT_LANGEVIN_STEPS["inpaint"]
     loaded = load_image_run(run)
     short = replace(loaded, config=short_run(loaded.config))
     r = restore(short, RestoreConfig(task="inpaint", num=2), progress=False)
-    assert r.metrics["sampler"]["steps"] == loaded.config.train.sampler.steps == 2
+    assert r.metrics["sampler"]["steps"] == loaded.config.sampler.steps == 2
     blind = restore(short, RestoreConfig(task="saltpepper", num=2, blind=True), progress=False)
-    assert blind.metrics["sampler"]["steps"] == DEFAULT_STEPS["blind"]
+    assert blind.metrics["sampler"]["steps"] == DEFAULT_LANGEVIN_STEPS["blind"]

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imagebm.attacks import attack_loss, pgd, robust_accuracy, square_attack
 from imagebm.classify import EnergyClassifier
 from imagebm.cli import main
 from imagebm.datasets import load_dataset
 from imagebm.models import ImageEBMConfig, build_model
-from imagebm.robustness import attack_loss, pgd, robust_accuracy, square_attack
 from imagebm.train import preset, train_images
 from trajebm.engine.errors import UsageError
 from trajebm.engine.sampling import LangevinConfig, langevin
@@ -40,7 +40,7 @@ def digits():
 def tiny(steps: int, **overrides):
     cfg = preset("digits", steps=steps, checkpoint_every=100, snapshot_every=100, **overrides)
     return replace(cfg, model=replace(cfg.model, width=8),
-                   train=replace(cfg.train, sampler=replace(cfg.train.sampler, steps=3)))
+                   sampler=replace(cfg.sampler, steps=3))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -15,26 +15,18 @@ from imagebm.cli import main
 from imagebm.datasets import DATASETS, load_dataset
 from imagebm.evaluate import score_samples
 from imagebm.models import ARCHITECTURES, build_model
+from imagebm.presets import ALIASES, PRESETS, ImageTrainConfig
 from imagebm.sample import SampleConfig, sample_images, write_samples
-from imagebm.train import (
-    IMAGE_FIELDS,
-    PRESETS,
-    TRAIN_FIELDS,
-    ImageRun,
-    load_image_run,
-    model_config,
-    preset,
-    train_images,
-)
+from imagebm.train import ImageRun, load_image_run, model_config, preset, train_images
 from trajebm.engine.errors import UsageError
-from trajebm.engine.train import TrainConfig
+from trajebm.engine.settings import resolve
+from trajebm.engine.train import ContrastiveConfig, TrainConfig
 
 
 def tiny(steps: int, **overrides):
     cfg = preset("digits", steps=steps, checkpoint_every=3, snapshot_every=2, snapshot_keep=3,
                  log_every=1, **overrides)
-    return replace(cfg, model=replace(cfg.model, width=8),
-                   train=replace(cfg.train, sampler=replace(cfg.train.sampler, steps=5)))
+    return replace(cfg, model=replace(cfg.model, width=8), sampler=replace(cfg.sampler, steps=5))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +43,8 @@ def energies(model, images, labels):
 
 
 def test_presets_are_consistent():
-    for name, cfg in PRESETS.items():
+    for name in PRESETS:
+        cfg = PRESETS.get(name)
         assert cfg.dataset in DATASETS, name
         assert ARCHITECTURES[cfg.model.arch].supports(cfg.model.image_size), name
         assert not cfg.conditional or cfg.dataset != "dtd", name
@@ -62,14 +55,17 @@ def test_presets_are_consistent():
 
 
 def test_preset_overrides_reach_the_engine_config_inside_the_image_config():
-    assert not IMAGE_FIELDS & TRAIN_FIELDS  # every override has one home
+    cfg = preset("digits")
+    for owner in (TrainConfig, ContrastiveConfig, ImageTrainConfig):
+        for f in fields(owner):  # every key of a preset has one home
+            resolve(cfg, f.name, ALIASES)
     cfg = preset("digits", steps=500, batch_size=64, cosine_decay=True, init="dsprites")
     assert isinstance(cfg.train, TrainConfig)
     assert (cfg.train.steps, cfg.train.cosine_decay, cfg.batch_size, cfg.init) == (
         500, True, 64, "dsprites")
-    assert cfg.train.lr == PRESETS["digits"].train.lr == 1e-3
+    assert cfg.train.lr == PRESETS.get("digits").train.lr == 1e-3
     cfg.train.lr, cfg.model.width = 1.0, 3  # a copy: the preset itself is untouched
-    assert (PRESETS["digits"].train.lr, PRESETS["digits"].model.width) == (1e-3, 16)
+    assert (PRESETS.get("digits").train.lr, PRESETS.get("digits").model.width) == (1e-3, 16)
     whole = preset("digits", train=TrainConfig(steps=7), log_every=2)
     assert (whole.train.steps, whole.train.log_every) == (7, 2)
     for bad in ({"steps": -1}, {"lr": 0.0}, {"batch_size": 0}):
@@ -113,7 +109,7 @@ def test_run_files_hold_the_composed_config_and_load_back(tmp_path, trained):
     record = torch.load(done / "model.pt", weights_only=True)
     assert record["config"]["train"]["steps"] == 6 and "steps" not in record["config"]
     info = json.loads((done / "run.json").read_text())
-    assert info["config"]["train"]["sampler"]["steps"] == 5
+    assert info["config"]["sampler"]["steps"] == 5 and "sampler" not in info["config"]["train"]
     assert load_image_run(done).config == cfg
     training = tmp_path / "training"  # still training: weights from the checkpoint
     shutil.copytree(done, training)

@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from trajebm.compare import CompareConfig, compare
 from trajebm.engine.sampling import LangevinConfig, langevin
-from trajebm.evaluate import EvalConfig, evaluate
-from trajebm.fit import fit_model, variant_config
-from trajebm.models import load_model
+from trajebm.engine.settings import parse_spec
+from trajebm.engine.train import ContrastiveConfig
+from trajebm.fit import fit_model
+from trajebm.modelio import load_model
 from trajebm.rollout import predict_rollouts
+from trajebm.variants import variant_config
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"
 GOLDEN = json.loads((LEGACY / "golden.json").read_text())
@@ -82,6 +83,9 @@ def test_checkpoint_resumes_as_before(hand: Path, tmp_path: Path) -> None:
 
 def test_evaluation_and_comparison_score_as_before(hand: Path, runs: Path,
                                                    tmp_path: Path) -> None:
+    from trajebm.compare import CompareConfig, compare
+    from trajebm.evaluate import EvalConfig, evaluate
+
     ecfg = EvalConfig(horizon=8, samples=2, plots=False, render=False, progress=False,
                       physics_episodes=2)
     report = evaluate(hand, [runs / "ebm", runs / "fc", runs / "ensemble"], tmp_path / "eval",
@@ -92,7 +96,7 @@ def test_evaluation_and_comparison_score_as_before(hand: Path, runs: Path,
                 np.testing.assert_allclose(got[key], value, **TOL, err_msg=key)
             else:
                 assert got[key] == value
-    ccfg = CompareConfig(seeds=2, base=variant_config(GOLDEN["specs"]["fc"]), resamples=50,
+    ccfg = CompareConfig(seeds=2, base=parse_spec(GOLDEN["specs"]["fc"])[1], resamples=50,
                          band_resamples=20, eval=ecfg)
     summary = compare(hand, ["fc", "ebm"], tmp_path / "compare", ccfg)
     for spec, entries in GOLDEN["compare"].items():
@@ -125,7 +129,7 @@ def test_toy_as_before(tmp_path: Path) -> None:
     from trajebm.toy import ToyConfig, run_toy
 
     cfg = ToyConfig(seed=0, num_train=512, num_test=128, num_samples=64, ais_steps=0,
-                    buffer_capacity=256, grid_points=64)
+                    contrastive=ContrastiveConfig(alpha=0.03, buffer_size=256), grid_points=64)
     cfg.train = replace(cfg.train, steps=8, log_every=1, progress=False)
     metrics = run_toy(tmp_path / "toy", "8gaussians", None, cfg)
     want = GOLDEN["toy"]
@@ -145,7 +149,6 @@ def test_image_run_loads_samples_and_trains_as_before(tmp_path: Path) -> None:
     np.testing.assert_allclose(images.numpy(), reference["images"], **TOL)
     np.testing.assert_array_equal(labels.numpy(), reference["labels"])
     cfg = preset("digits", steps=4, checkpoint_every=1000, snapshot_every=1000, log_every=1,
-                 progress=False)
-    cfg = replace(cfg, train=replace(cfg.train, sampler=replace(cfg.train.sampler, steps=3)))
+                 progress=False, sampler_steps=3)
     train_images(cfg, tmp_path / "digits", progress=False)
     np.testing.assert_allclose(losses(tmp_path / "digits"), GOLDEN["image_train"], **TOL)

@@ -135,7 +135,7 @@ def test_an_unconditional_model_is_scored_against_one_log_z(digits_run):
     cfg = replace(preset("digits"), conditional=False)
     torch.manual_seed(0)
     model = build_model(ImageEBMConfig(arch="small", image_size=8, channels=1, width=8))
-    report = image_likelihood(ImageRun(digits_run, cfg, model, {}), num=10, chains=4, steps=5,
+    report = image_likelihood(ImageRun(digits_run, cfg, model, {}), num=10, chains=4, ais_steps=5,
                               leapfrog_steps=2)
     check_scores(report["unconditional"])
     assert report["log_z"]["settings"]["bounds"] == [0.0, 1.0]

@@ -13,15 +13,11 @@ from _traj_fixtures import small_dataset, tiny_fit, trained
 
 from trajebm.data import TrajectoryDataset
 from trajebm.engine.errors import UsageError
-from trajebm.fit import (
-    TrajectoryBatches,
-    collapse_message,
-    fit_model,
-    paper_fit_config,
-    variant_config,
-)
-from trajebm.models import MODEL_KINDS, ModelConfig, build_model, load_model
+from trajebm.fit import FitConfig, TrajectoryBatches, collapse_message, fit_model
+from trajebm.modelio import load_model
+from trajebm.models import MODEL_KINDS, build_model, model_config
 from trajebm.rollout import predict_rollouts
+from trajebm.variants import paper_settings, variant_config
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +41,7 @@ def all_windows(ds, model):
 def test_ebm_training_prefers_true_transitions(root):
     ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
     torch.manual_seed(0)
-    fresh = build_model(ModelConfig(kind="ebm", hidden=32, layers=2, state_dim=31,
+    fresh = build_model(model_config("ebm", hidden=32, layers=2, state_dim=31,
                                     action_dim=20))
     x, cond = all_windows(ds, fresh)
     model = trained(root, "ebm", steps=120)
@@ -81,8 +77,8 @@ def test_save_load_gives_identical_predictions(root, tmp_path, kind):
     a = predict_rollouts(model, states[:, :4], actions[:, 3:8], samples=2, seed=7)
     b = predict_rollouts(loaded, states[:, :4], actions[:, 3:8], samples=2, seed=7)
     np.testing.assert_array_equal(a, b)
-    assert loaded.meta["state_names"] == ds.metadata["trajebm"]["state_names"]
-    assert loaded.meta["dataset_id"] == ds.metadata["dataset_id"]
+    assert loaded.meta["state_names"] == ds.state_names
+    assert loaded.meta["dataset_id"] == ds.info.dataset_id
     np.testing.assert_allclose(loaded.state_std.numpy(), ds.state_stats.std, rtol=1e-6)
     assert loaded.config == model.config
 
@@ -105,12 +101,12 @@ def test_bad_model_files(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UsageError, match="not a readable"):
         load_model(tmp_path)
-    with pytest.raises(UsageError, match="unknown model"):
-        ModelConfig(kind="gan")
+    with pytest.raises(UsageError, match="unknown model kind"):
+        model_config("gan")
 
 
 def test_paper_config_trains_the_plain_concatenation(root, tmp_path):
-    cfg = paper_fit_config(train=tiny_fit("ebm", steps=3).train)
+    cfg = paper_settings(FitConfig(train=tiny_fit("ebm", steps=3).train))
     assert cfg.batch_size == 1024 and cfg.train.betas == (0.0, 0.999)
     assert cfg.model.delta_input is False and cfg.model.sampler.steps == 20
     model = fit_model(small_dataset(root), tmp_path / "paper", cfg)
@@ -131,13 +127,14 @@ def test_collapse_is_reported():
 def test_kl_term_changes_the_update(root, tmp_path):
     """The KL term reaches the trainer: same seed and data, different weights after training."""
     base = tiny_fit("ebm", steps=4)
-    with_kl = replace(base, train=replace(base.train, kl_weight=0.5))
+    contrastive = replace(base.model.contrastive, kl_weight=0.5)
+    with_kl = replace(base, model=replace(base.model, contrastive=contrastive))
     a = fit_model(small_dataset(root), tmp_path / "plain", base)
     b = fit_model(small_dataset(root), tmp_path / "kl", with_kl)
     assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(),
                                                         b.state_dict().values(), strict=True))
     info = json.loads((tmp_path / "kl" / "run.json").read_text())
-    assert info["config"]["train"]["kl_weight"] == 0.5
+    assert info["config"]["model"]["contrastive"]["kl_weight"] == 0.5
 
 
 DAD = "rollout_fraction=0.5,rollout_horizon=3,rollout_every=4,rollout_start=2"
@@ -147,10 +144,14 @@ SPECS = ["ebm:context_noise=0.1", f"ebm:{DAD}", "ebm:segment=3", "fc-paper", f"f
          "ebm:collapse_gap=0.5,replay_prob=0.5", "ebm-proposal"]
 
 
+TINY = {"hidden": 32, "layers": 2, "members": 2, "sampler_steps": 20, "steps": 8,
+        "warmup_steps": 5, "checkpoint_every": 1000, "log_every": 10, "progress": False,
+        "validate_every": 0, "batch_size": 64}
+
+
 @pytest.mark.parametrize("spec", SPECS)
 def test_training_options_train_save_and_load(root, tmp_path, spec):
-    base = tiny_fit("ebm", steps=8)
-    cfg = variant_config(spec, replace(base, model=replace(base.model, members=2)))
+    cfg = variant_config(spec, TINY)
     model = fit_model(small_dataset(root), tmp_path / "run", cfg)
     loaded = load_model(tmp_path / "run")
     assert loaded.config == model.config
@@ -168,7 +169,7 @@ def test_training_options_train_save_and_load(root, tmp_path, spec):
 
 def test_context_noise_perturbs_the_context_only(root):
     ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
-    model = build_model(ModelConfig(kind="fc", hidden=8, layers=1))
+    model = build_model(model_config("fc", hidden=8, layers=1))
     _, cond = all_windows(ds, model)
     clean = TrajectoryBatches(ds, 64, seed=1, model=model)
     noisy = TrajectoryBatches(ds, 64, seed=1, model=model, context_noise=0.2)
@@ -185,7 +186,7 @@ def test_own_rollout_windows_pair_predicted_contexts_with_true_next_states(root)
     state it saw, and every target is the true state that follows."""
     ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
     states = torch.from_numpy(ds.trajectories("train", normalized=True)[0])
-    model = build_model(ModelConfig(kind="fc", hidden=8, layers=1))
+    model = build_model(model_config("fc", hidden=8, layers=1))
     torch.nn.init.zeros_(model.net[-1].weight)
     torch.nn.init.zeros_(model.net[-1].bias)
     batches = TrajectoryBatches(ds, 12, seed=0, model=model, rollout_fraction=1.0,
@@ -207,16 +208,16 @@ def test_own_rollout_windows_pair_predicted_contexts_with_true_next_states(root)
 def test_score_matching_ebm_learns_a_known_conditional_gaussian():
     """Denoising score matching + annealed Langevin recover x ~ N(2c, 0.3^2) given c."""
     torch.manual_seed(0)
-    cfg = ModelConfig(kind="ebm", objective="dsm", activation="silu", state_dim=1, action_dim=1,
-                      context=1, hidden=64, layers=2, delta_input=False, sigma_max=2.0,
-                      sigma_min=0.05, noise_levels=8, level_steps=5)
+    cfg = model_config("dsm", state_dim=1, action_dim=1, context=1, hidden=64, layers=2,
+                       delta_input=False, sigma_max=2.0, sigma_min=0.05, noise_levels=8,
+                       level_steps=5)
     model = build_model(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(1500):
         c = torch.randn(256, 2)
         x = 2 * c[:, :1] + 0.3 * torch.randn(256, 1)
         opt.zero_grad()
-        model.dsm_loss(x, c).backward()
+        model.loss(x, c).backward()
         opt.step()
     c = torch.tensor([[1.0, 0.0]]).repeat(4000, 1)
     samples = model.propose(c)[:, 0]
@@ -226,7 +227,7 @@ def test_score_matching_ebm_learns_a_known_conditional_gaussian():
 
 def test_segment_model_scores_whole_segments(root):
     ds = TrajectoryDataset(small_dataset(root), context=4, dtype="float32")
-    model = build_model(ModelConfig(kind="ebm", segment=3, hidden=8, layers=1))
+    model = build_model(model_config("ebm", segment=3, hidden=8, layers=1))
     x, cond = all_windows(ds, model)
     assert x.shape[1] == 3 * 31 and cond.shape[1] == 4 * 31 + 3 * 20
     assert model(x[:5], cond[:5]).shape == (5,)

@@ -12,7 +12,7 @@ from _traj_fixtures import small_dataset, trained
 from trajebm.cli import main
 from trajebm.data import TrajectoryDataset
 from trajebm.engine.errors import UsageError
-from trajebm.models import ModelConfig, build_model
+from trajebm.models import build_model, model_config
 from trajebm.rollout import check_layout, goal_energy, predict_rollouts
 
 
@@ -56,14 +56,14 @@ def test_the_callers_model_is_left_as_it_was(root, test_split):
 def test_units_round_trip_exactly():
     """A zero network predicts 'no change': the output equals the context in original units."""
     mean, std = np.linspace(-1, 1, 31), np.linspace(0.1, 2.0, 31)
-    model = build_model(ModelConfig(kind="fc", hidden=8, layers=1), mean, std)
+    model = build_model(model_config("fc", hidden=8, layers=1), mean, std)
     torch.nn.init.zeros_(model.net[-1].weight)
     torch.nn.init.zeros_(model.net[-1].bias)
     context = np.random.default_rng(0).normal(3.0, 5.0, (2, 4, 31)).astype(np.float32)
     pred = predict_rollouts(model, context, np.zeros((2, 5, 20)), samples=2)
     np.testing.assert_allclose(pred, np.broadcast_to(context[:, None, None, 3], pred.shape),
                                rtol=1e-5, atol=1e-4)
-    ebm = build_model(ModelConfig(kind="ebm", hidden=8, layers=1), mean, std)
+    ebm = build_model(model_config("ebm", hidden=8, layers=1), mean, std)
     start = predict_rollouts(ebm, context, np.zeros((2, 1, 20)), samples=50, langevin_steps=0,
                              seed=0)[:, :, 0]
     gap = np.abs(start - context[:, None, 3]) / std
@@ -80,7 +80,7 @@ def test_unconditional_ebm_samples_diverse_rollouts(root, test_split):
 def test_goal_energy_steers_rollouts(root, test_split):
     ds, states, actions = test_split
     model = trained(root, "ebm")
-    names = ds.metadata["trajebm"]["state_names"]
+    names = ds.state_names
     dims = [names.index("object:x"), names.index("object:y"), names.index("object:z")]
     goal = states[:, 3, dims] + 3.0 * ds.state_stats.std[dims]
     kwargs = dict(horizon=5, samples=4, seed=1)
@@ -138,6 +138,11 @@ def test_rollout_cli(root, tmp_path, capsys):
     saved = np.load(out)
     assert saved["predicted"].shape == (2, 3, 5, 31) and saved["context"].shape == (2, 4, 31)
     assert str(saved["model_kind"]) == "ebm" and str(saved["dataset_id"])
+    with pytest.warns(UserWarning, match="horizon 500 is longer than the data allows: "
+                                         "predicting 13 steps"):
+        status = main(["rollout", "--model", str(run), "--data", str(data), "--out", str(out),
+                       "--horizon", "500", "--samples", "1", "--episodes", "1"])
+    assert status == 0 and np.load(out)["predicted"].shape == (1, 1, 13, 31)
     other = trained(root, "ebm", False)
     assert other.config.conditional is False
     status = main(["rollout", "--model", str(tmp_path / "nothing"), "--data", str(data),

@@ -18,7 +18,7 @@ from trajebm.data.dataset import NormStats
 from trajebm.data.synthetic import write_synthetic_dataset
 from trajebm.engine.errors import UsageError
 from trajebm.fit import TrajectoryBatches, fit_model
-from trajebm.models import ModelConfig, build_model
+from trajebm.models import EBMConfig, build_model
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,8 @@ def synthetic(tmp_path_factory):
 
 
 def model_for(segment: int = 1):
-    return build_model(ModelConfig(kind="ebm", hidden=8, layers=1, segment=segment,
-                                   state_dim=31, action_dim=20))
+    return build_model(EBMConfig(hidden=8, layers=1, segment=segment, state_dim=31,
+                                 action_dim=20))
 
 
 @pytest.mark.parametrize("segment", [1, 3])

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-from test_collect import run_cli
+from test_collect import run_cli, run_data_cli
 
 from trajebm.data import TrajectoryDataset, storage
-from trajebm.data import cli as data_cli
-from trajebm.data.collection import CollectConfig, collect, merge_shards, shard_ids
+from trajebm.data.collection import CollectConfig, collect
 from trajebm.data.policies import PolicyConfig
-from trajebm.engine.console import run_command
+from trajebm.data.shards import merge_shards, shard_ids
 from trajebm.engine.errors import UsageError
 
 CFG = CollectConfig(episodes=5, length=4, policy=PolicyConfig("pd", random_every=3), seed=2,
@@ -28,10 +26,8 @@ def shards(tmp_path_factory) -> Path:
     """Shards 0..2 of 3 of CFG, collected through the command line."""
     root = tmp_path_factory.mktemp("shards")
     for i in range(3):
-        parser = argparse.ArgumentParser(prog="trajebm")
-        data_cli.add_parser(parser.add_subparsers(dest="command", required=True))
         argv = ["collect", *SETTINGS, "--shard", f"{i}/3", "--out", str(root / f"s{i}")]
-        assert run_command(parser, argv) == 0
+        assert run_data_cli(argv) == 0
     return root
 
 

@@ -56,3 +56,12 @@ def test_steering_needs_energy_models(root, tmp_path, capsys):
     status = main(["steer", "--models", str(tmp_path / "none"), "--data",
                    str(small_dataset(root)), "--out", str(tmp_path / "y")])
     assert status == 2 and "no such model" in capsys.readouterr().err
+
+
+def test_a_horizon_longer_than_the_data_is_cut_with_a_warning(root, tmp_path):
+    trained(root, "ebm")
+    cfg = SteerConfig(horizon=500, samples=1, physics_episodes=1, progress=False)
+    with pytest.warns(UserWarning, match="predicting 13 steps"):
+        report = steer([root / "runs" / "ebm-30"], small_dataset(root), tmp_path / "s", cfg)
+    result = next(iter(report["models"].values()))
+    assert len(result["height_change"]["truth"]) == 13

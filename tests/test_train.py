@@ -17,6 +17,9 @@ from trajebm.engine.buffer import ReplayBuffer, uniform_init
 from trajebm.engine.errors import UsageError
 from trajebm.engine.sampling import LangevinConfig, langevin
 from trajebm.engine.train import (
+    Contrastive,
+    ContrastiveConfig,
+    Supervised,
     TensorBatches,
     TrainConfig,
     Trainer,
@@ -40,15 +43,22 @@ class Energy(nn.Module):
         return self.net(inp).squeeze(-1)
 
 
-def make_trainer(out, steps=12, model=None, seed=0, spread=0.5, validate=None, **cfg):
+CONTRASTIVE = {f for f in ContrastiveConfig.__dataclass_fields__}
+
+
+def make_trainer(out, steps=12, model=None, seed=0, spread=0.5, validate=None, sampler=SAMPLER,
+                 **cfg):
+    """A contrastive run on 2-D data; ``cfg`` holds TrainConfig and ContrastiveConfig fields."""
     torch.manual_seed(seed)
     model = model or Energy()
     data = torch.randn(256, 2, generator=torch.Generator().manual_seed(5)) * spread + 1.0
-    settings = dict(steps=steps, lr=1e-2, sampler=SAMPLER, checkpoint_every=4, log_every=2,
-                    progress=False, seed=seed)
-    config = TrainConfig(**{**settings, **cfg})
+    settings = dict(steps=steps, lr=1e-2, checkpoint_every=4, log_every=2, progress=False,
+                    seed=seed)
+    config = TrainConfig(**{**settings, **{k: v for k, v in cfg.items() if k not in CONTRASTIVE}})
+    contrastive = ContrastiveConfig(**{k: v for k, v in cfg.items() if k in CONTRASTIVE})
     buffer = ReplayBuffer(200, (2,), uniform_init(-2, 2, (2,)), seed=seed)
-    return Trainer(model, TensorBatches(data, batch_size=32, seed=seed), buffer, config, out,
+    return Trainer(model, TensorBatches(data, batch_size=32, seed=seed),
+                   Contrastive(model, sampler, buffer, contrastive), config, out,
                    validate=validate)
 
 
@@ -112,10 +122,10 @@ def test_multi_tensor_adam_clip_equals_the_per_parameter_clip():
 
 def test_the_buffer_trains_on_the_device_and_returns_home(tmp_path):
     trainer = make_trainer(tmp_path, steps=2)
-    assert trainer.buffer.device == trainer.device
+    assert trainer.objective.buffer.device == trainer.device
     trainer.fit()
-    assert trainer.buffer.device == torch.device("cpu")
-    assert all(t.device.type == "cpu" for t in trainer.buffer.state_dict().values()
+    assert trainer.objective.buffer.device == torch.device("cpu")
+    assert all(t.device.type == "cpu" for t in trainer.objective.buffer.state_dict().values()
                if torch.is_tensor(t))
 
 
@@ -166,7 +176,7 @@ def test_resumed_run_equals_unbroken_run_bit_for_bit(tmp_path):
     for a, b in zip(unbroken.ema_state_dict().values(), resumed.ema_state_dict().values(),
                     strict=True):
         assert torch.equal(a, b)
-    assert torch.equal(unbroken.buffer.data, resumed.buffer.data)
+    assert torch.equal(unbroken.objective.buffer.data, resumed.objective.buffer.data)
     assert (unbroken.best_step, unbroken.best_value) == (resumed.best_step, resumed.best_value)
     for a, b in zip(unbroken.best_state_dict().values(), resumed.best_state_dict().values(),
                     strict=True):
@@ -216,9 +226,9 @@ def test_kl_term_gradient_matches_finite_differences(tmp_path):
         start = copy.deepcopy(model)
         buffer = ReplayBuffer(64, (2,), lambda n, c, g: x0.clone(), dtype=torch.float64,
                               replay_prob=0.0)
-        config = TrainConfig(steps=1, sampler=sampler, adam_clip=False, kl_weight=kl_weight,
-                             progress=False)
-        trainer = Trainer(model, iter([(data, None)]), buffer, config, folder)
+        config = TrainConfig(steps=1, adam_clip=False, progress=False)
+        objective = Contrastive(model, sampler, buffer, ContrastiveConfig(kl_weight=kl_weight))
+        trainer = Trainer(model, iter([(data, None)]), objective, config, folder)
         trainer.train_step()
         return start, [p.grad.clone() for p in model.parameters()]
 
@@ -255,8 +265,8 @@ def make_regression(out, steps, model=None, seed=0):
 
     config = TrainConfig(steps=steps, lr=1e-2, adam_clip=False, checkpoint_every=4,
                          log_every=2, progress=False, seed=seed)
-    return Trainer(model, TensorBatches(2 * x, x, batch_size=32, seed=seed), None, config, out,
-                   loss_fn=loss_fn)
+    return Trainer(model, TensorBatches(2 * x, x, batch_size=32, seed=seed),
+                   Supervised(model, loss_fn), config, out)
 
 
 def test_supervised_objective_trains_and_resumes_exactly(tmp_path):
@@ -276,25 +286,28 @@ def test_supervised_objective_trains_and_resumes_exactly(tmp_path):
 def test_supervised_objective_rolls_back_on_nan(tmp_path):
     trainer = make_regression(tmp_path, steps=12)
     calls = {"n": 0}
-    inner = trainer.loss_fn
+    inner = trainer.objective.loss_fn
 
     def flaky(y, cond):
         calls["n"] += 1
         return inner(y, cond) * (float("nan") if calls["n"] == 7 else 1.0)
 
-    trainer.loss_fn = flaky
+    trainer.objective.loss_fn = flaky
     assert trainer.fit()["rollbacks"] == 1
     assert "restored step 4" in (tmp_path / "events.log").read_text()
     assert steps_logged(tmp_path) == list(range(2, 13, 2))  # step 6 is not logged twice
 
 
-def test_trainer_needs_exactly_one_objective(tmp_path):
-    trainer = make_trainer(tmp_path, steps=1)
-    with pytest.raises(ValueError, match="not both"):
-        Trainer(trainer.model, trainer.batches, trainer.buffer, trainer.config, tmp_path,
-                loss_fn=lambda x, c: x.sum())
-    with pytest.raises(ValueError, match="not both"):
-        Trainer(trainer.model, trainer.batches, None, trainer.config, tmp_path)
+def test_the_adam_clip_follows_the_objective_unless_set(tmp_path):
+    """The paper's clip is part of the EBM recipe: on for contrastive divergence, off for a
+    supervised loss, and whatever the config says when it says something."""
+    assert make_trainer(tmp_path / "a", steps=1).adam_clip is True
+    assert make_trainer(tmp_path / "b", steps=1, adam_clip=False).adam_clip is False
+    assert make_regression(tmp_path / "c", steps=1).adam_clip is False
+    model = nn.Linear(2, 2)
+    supervised = Trainer(model, iter([]), Supervised(model, lambda x, c: x.sum()),
+                         TrainConfig(adam_clip=True, progress=False), tmp_path / "d")
+    assert supervised.adam_clip is True
 
 
 def test_aux_loss_trains_beside_the_contrastive_loss(tmp_path):
@@ -307,16 +320,14 @@ def test_aux_loss_trains_beside_the_contrastive_loss(tmp_path):
 
     model = WithHead()
     trainer = make_trainer(tmp_path / "a", steps=60, model=model, lr=0.05)
-    aux = Trainer(model, trainer.batches, trainer.buffer, trainer.config, tmp_path / "b",
-                  aux_loss=lambda x, cond: (model.head - x).pow(2).mean())
+    objective = Contrastive(model, SAMPLER, trainer.objective.buffer, ContrastiveConfig(),
+                            aux_loss=lambda x, cond: (model.head - x).pow(2).mean())
+    aux = Trainer(model, trainer.batches, objective, trainer.config, tmp_path / "b")
     summary = aux.fit()
     torch.testing.assert_close(model.head.detach(), torch.ones(2), atol=0.2, rtol=0)
     assert summary["aux"] < 0.5 and "e_pos" in summary
     rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
     assert float(rows[0]["aux"]) > float(rows[-1]["aux"])
-    with pytest.raises(ValueError, match="aux_loss"):
-        Trainer(model, trainer.batches, None, trainer.config, tmp_path / "c",
-                loss_fn=lambda x, c: x.sum(), aux_loss=lambda x, c: x.sum())
 
 
 def test_snapshots_keep_the_newest_weights(tmp_path):
@@ -402,7 +413,7 @@ def test_chains_sample_one_fixed_energy_despite_dropout(tmp_path):
         torch.manual_seed(0)
         trainer = make_trainer(tmp_path / name, model=DropoutEnergy(p))
         trainer.train_step()
-        negatives.append(trainer.buffer.data[:32].clone())
+        negatives.append(trainer.objective.buffer.data[:32].clone())
         assert trainer.model.training  # back in train mode after the chain
     assert torch.equal(negatives[0], negatives[1]) and torch.equal(negatives[0], negatives[2])
 
@@ -459,7 +470,7 @@ def test_validation_keeps_the_best_weights_without_changing_training(tmp_path):
     summary = checked.fit()
     for a, b in zip(params(plain.model), params(checked.model), strict=True):
         assert torch.equal(a, b)
-    assert torch.equal(plain.buffer.data, checked.buffer.data)
+    assert torch.equal(plain.objective.buffer.data, checked.objective.buffer.data)
     with open(tmp_path / "checked" / "metrics.csv") as f:
         rows = {int(r["step"]): r for r in csv.DictReader(f)}
     assert sorted(rows) == [2, 3, 4, 6, 8, 9, 10, 12]

@@ -9,8 +9,9 @@ from trajebm.engine.errors import UsageError
 
 __version__ = "0.1.0"
 
-_LAZY = {"load_model": "trajebm.models", "predict_rollouts": "trajebm.rollout",
-         "goal_energy": "trajebm.rollout"}
+_LAZY = {"load_model": "trajebm.modelio", "save_model": "trajebm.modelio",
+         "predict_rollouts": "trajebm.rollout", "goal_energy": "trajebm.rollout",
+         "fit_model": "trajebm.fit", "variant_config": "trajebm.variants"}
 __all__ = ["UsageError", "__version__", *_LAZY]
 
 

@@ -1,8 +1,9 @@
 """`trajebm compare`: every model variant trained with every seed, scored on its own test
 split, and reported as medians over seeds with bootstrap intervals — never one lucky seed.
 
-A variant is a spec ``NAME[:key=value,...]`` (:func:`trajebm.fit.variant_config`), so ablations
-run through the same command: ``ebm ebm:context_noise=0.1 fc fc-paper ensemble``. Each run
+A variant is a spec ``NAME[:key=value,...]`` (:func:`trajebm.variants.variant_config`), so
+ablations run through the same command: ``ebm ebm:context_noise=0.1 fc fc-paper ensemble``;
+settings every variant starts from are ``CompareConfig.base`` (``--base key=value,...``). Each run
 lives in ``OUT/<variant>/seed<s>/`` (a ``trajebm train`` run folder plus ``eval.npz``, its
 predictions and per-start scores); a run whose files exist is reused, so an interrupted
 comparison resumes where it stopped. The report: ``summary.json``, ``summary.md`` (a table of
@@ -12,11 +13,11 @@ and ``fd.png`` (FD over the horizon, median and interval band per variant).
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import re
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
@@ -30,21 +31,25 @@ from tqdm.auto import tqdm
 
 from trajebm.engine.errors import UsageError
 from trajebm.engine.metrics import frechet_distance_resampled
+from trajebm.engine.plotting import pyplot
 from trajebm.engine.runinfo import atomic_write_bytes, jsonable, write_json, write_run_info
+from trajebm.engine.settings import parse_overrides, parse_spec
 from trajebm.engine.stats import median_interval, median_over_seeds, probability_of_improvement
 from trajebm.evaluate import (
     REPORT_STEPS,
     EvalConfig,
-    PhysicsChecker,
     TestSet,
     check_fd_size,
-    floor_per_step,
+    floor_groups,
     load_test_set,
+    physics_checker,
     predict_test,
     score_predictions,
 )
-from trajebm.fit import VARIANTS, FitConfig, fit_model, variant_config
-from trajebm.models import MODEL_FILE, load_model
+from trajebm.fit import FitConfig, fit_model
+from trajebm.modelio import MODEL_FILE, load_model
+from trajebm.rollout import usable_horizon
+from trajebm.variants import VARIANTS, variant_config
 
 PLAN_FILE = "compare.json"
 EVAL_FILE = "eval.npz"
@@ -52,22 +57,45 @@ EVAL_FILE = "eval.npz"
 
 @dataclass
 class CompareConfig:
-    """Seeds, the defaults every variant starts from, evaluation and bootstrap settings."""
+    """Seeds, the settings every variant starts from, evaluation and bootstrap settings."""
 
     seeds: int = 5
-    base: FitConfig = field(default_factory=FitConfig)
+    """Train seeds 0..N-1 per variant."""
+    base: dict[str, Any] = field(default_factory=dict)
+    """Settings every variant starts from (``{"steps": 1000}``; a string ``key=value,...`` is
+    parsed by :func:`parse_base`); each variant's own settings and its spec win over them."""
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(plots=False, render=False,
                                                                 progress=False))
+    """How each run is scored on its test split."""
     resamples: int = 1000
+    """Bootstrap resamples."""
     band_every: int = 4
+    """Steps between the points of the FD band in fd.png."""
     band_resamples: int = 200
+    """Bootstrap resamples per point of the FD band."""
     jobs: int = 1
+    """Runs in parallel (processes of one torch thread each)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.base, str):
+            self.base = parse_base(self.base)
         if self.seeds <= 0:
             raise UsageError(f"seeds must be positive, got {self.seeds}")
         if self.jobs <= 0 or self.resamples <= 0 or self.band_every <= 0:
             raise UsageError("jobs, resamples and band_every must be positive")
+
+
+def parse_base(text: str) -> dict[str, Any]:
+    """The settings of ``--base``: ``key=value,...``, or ``NAME:key=value,...`` as before,
+    where NAME must be a variant but each variant keeps its own settings (only the key=value
+    settings are shared)."""
+    if ":" not in text and "=" in text:
+        return parse_overrides(text, "--base")
+    name, overrides = parse_spec(text)
+    if name not in VARIANTS:
+        raise UsageError(f"--base {text}: unknown model {name!r}; choose from "
+                         f"{', '.join(VARIANTS)} (or give key=value,... alone)")
+    return overrides
 
 
 def slug(spec: str) -> str:
@@ -76,6 +104,12 @@ def slug(spec: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise UsageError(f"{spec!r}: use letters, digits, '_', '-', '.' in variant specs")
     return name
+
+
+def run_config(spec: str, seed: int, config: CompareConfig) -> FitConfig:
+    """The training config of variant ``spec`` with train seed ``seed``."""
+    cfg = variant_config(spec, config.base)
+    return replace(cfg, train=replace(cfg.train, seed=seed, progress=config.eval.progress))
 
 
 def run_variant(data: str, spec: str, seed: int, run_dir: str, config: CompareConfig
@@ -89,11 +123,9 @@ def run_variant(data: str, spec: str, seed: int, run_dir: str, config: CompareCo
         torch.set_num_threads(1)
         threadpool_limits(1)
     run = Path(run_dir)
-    base = replace(config.base, train=replace(config.base.train, seed=seed,
-                                              progress=config.eval.progress))
-    cfg = variant_config(spec, base)
     if not (run / MODEL_FILE).exists():
-        fit_model(data, run, cfg, config.eval.device, resume=(run / "checkpoint.pt").exists())
+        fit_model(data, run, run_config(spec, seed, config), config.eval.device,
+                  resume=(run / "checkpoint.pt").exists())
     if not (run / EVAL_FILE).exists():
         model = load_model(run, config.eval.device)
         k = model.config.context
@@ -102,15 +134,8 @@ def run_variant(data: str, spec: str, seed: int, run_dir: str, config: CompareCo
         t0 = time.perf_counter()
         pred = predict_test(model, test, ecfg)
         seconds = time.perf_counter() - t0
-        checker = None
-        try:
-            if model.config.conditional:
-                checker = PhysicsChecker(test.env_id,
-                                         test.metadata["trajebm"]["include_velocities"])
+        with physics_checker(test.info, model.config.conditional) as checker:
             scores = score_predictions(pred, test, k, ecfg, checker)
-        finally:
-            if checker is not None:
-                checker.close()
         physics = scores["physics_per_start"]
         arrays = {"pred": test.stats.normalize(pred).astype(np.float16),
                   "mse_per_start": np.asarray(scores["mse_per_start"]),
@@ -128,16 +153,32 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _test_set(data: str | os.PathLike, configs: list[FitConfig], cfg: CompareConfig
+              ) -> tuple[TestSet, int]:
+    """The test split all variants share, and the horizon they can be scored over."""
+    splits = {(c.split_seed, c.test_fraction) for c in configs}
+    if len(splits) > 1:
+        raise UsageError(f"the variants would be trained on different splits {sorted(splits)} "
+                         f"(split_seed, test_fraction); compare them separately")
+    seed, fraction = splits.pop()
+    k = max(c.model.context for c in configs)
+    test = load_test_set(data, {"seed": seed, "test_fraction": fraction}, k,
+                         cfg.eval.max_episodes)
+    return test, usable_horizon(cfg.eval.horizon, test.states.shape[1], k)
+
+
 def compare(data: str | os.PathLike, specs: list[str], out_dir: str | os.PathLike,
             config: CompareConfig | None = None, resume: bool = False) -> dict[str, Any]:
-    """Train and score every spec with seeds 0..N-1 into ``out_dir``; return the summary."""
+    """Train and score every spec with seeds 0..N-1 into ``out_dir``; return the summary.
+
+    A horizon longer than the test trajectories allow is cut to what they hold, with a warning.
+    """
     cfg = config or CompareConfig()
     if not specs:
         raise UsageError("give at least one model variant")
     if len(set(specs)) != len(specs):
         raise UsageError("each model variant may be named once")
-    for spec in specs:
-        variant_config(spec, cfg.base)
+    configs = [variant_config(spec, cfg.base) for spec in specs]
     names = {spec: slug(spec) for spec in specs}
     if len(set(names.values())) != len(names):
         raise UsageError("two variant specs map to the same folder name")
@@ -147,14 +188,13 @@ def compare(data: str | os.PathLike, specs: list[str], out_dir: str | os.PathLik
     if (out / PLAN_FILE).exists() and not resume:
         raise UsageError(f"{out} already holds a comparison; pass --resume to continue it or "
                          f"choose another --out")
-    test = load_test_set(data, {"seed": cfg.base.split_seed,
-                                "test_fraction": cfg.base.test_fraction},
-                         cfg.base.model.context, cfg.eval.max_episodes)
+    test, horizon = _test_set(data, configs, cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / PLAN_FILE, {"data": str(data), "specs": specs, "seeds": cfg.seeds,
                                  "config": jsonable(cfg)})
     write_run_info(out, cfg, None, data=str(data), specs=specs)
-    tasks = [(str(data), spec, s, str(out / names[spec] / f"seed{s}"), cfg)
+    run_cfg = replace(cfg, eval=replace(cfg.eval, horizon=horizon))
+    tasks = [(str(data), spec, s, str(out / names[spec] / f"seed{s}"), run_cfg)
              for spec in specs for s in range(cfg.seeds)]
     todo = [t for t in tasks if not (Path(t[3]) / EVAL_FILE).exists()]
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="compare", unit="run",
@@ -176,7 +216,7 @@ def compare(data: str | os.PathLike, specs: list[str], out_dir: str | os.PathLik
 
 
 def _fd_stat(pred: np.ndarray, truth: np.ndarray, t: int, dims: np.ndarray,
-             chunk: int = 250):
+             chunk: int = 250) -> Callable[[np.ndarray], np.ndarray]:
     """FD at step t between resampled rows of predictions and truth, averaged over samples."""
     p = np.moveaxis(pred[:, :, t][..., dims], 1, 0)
     y = truth[:, t][..., dims]
@@ -188,6 +228,34 @@ def _fd_stat(pred: np.ndarray, truth: np.ndarray, t: int, dims: np.ndarray,
     return stat
 
 
+def _variant_summary(runs: list[Mapping[str, np.ndarray]], truth: np.ndarray,
+                     groups: dict[str, np.ndarray], steps: list[int], band_steps: list[int],
+                     cfg: CompareConfig) -> dict[str, Any]:
+    """Medians over the seeds' runs of one variant, with bootstrap intervals."""
+    n = len(truth)
+    preds = [r["pred"] for r in runs]
+    entry: dict[str, Any] = {}
+    for g, dims in groups.items():
+        for t in steps:
+            stats = [_fd_stat(p, truth, t - 1, dims) for p in preds]
+            key = f"fd@{t}" if g == "state" else f"{g} fd@{t}"
+            entry[key] = median_over_seeds(stats, [n] * len(stats), recenter=True,
+                                           resamples=cfg.resamples).as_dict()
+            entry[key]["per_seed"] = [float(s(np.arange(n)[None])[0]) for s in stats]
+    entry["mse"] = median_interval(np.stack([r["mse_per_start"] for r in runs]),
+                                   resamples=cfg.resamples).as_dict()
+    physics = [r["physics_per_start"] for r in runs]
+    entry["physics_error"] = (median_interval(np.stack(physics), resamples=cfg.resamples)
+                              .as_dict() if all(len(p) for p in physics) else None)
+    entry["train_seconds"] = float(np.nanmedian([float(r["train_seconds"]) for r in runs]))
+    band = [median_over_seeds([_fd_stat(p, truth, t, groups["state"]) for p in preds],
+                              [n] * len(preds), resamples=cfg.band_resamples, recenter=True)
+            for t in band_steps]
+    entry["band"] = {"median": [b.value for b in band], "low": [b.low for b in band],
+                     "high": [b.high for b in band]}
+    return entry
+
+
 def summarize(out: Path, specs: list[str], names: dict[str, str], cfg: CompareConfig,
               test: TestSet) -> dict[str, Any]:
     """Medians over seeds with bootstrap intervals per variant; pairwise P(improvement)."""
@@ -196,45 +264,24 @@ def summarize(out: Path, specs: list[str], names: dict[str, str], cfg: CompareCo
     k = int(runs[specs[0]][0]["context"])
     horizon = runs[specs[0]][0]["pred"].shape[2]
     truth = test.stats.normalize(test.states[:, k : k + horizon]).astype(np.float64)
-    n = len(truth)
     groups = test.groups()
     steps = [min(t, horizon) for t in REPORT_STEPS]
     band_steps = sorted({*range(cfg.band_every - 1, horizon, cfg.band_every), horizon - 1})
-    floor = {g: floor_per_step(test.stats.normalize(test.train_states[:, k : k + horizon])[..., d],
-                               truth[..., d], 0) for g, d in groups.items()}
+    floor = floor_groups(test.stats.normalize(test.train_states[:, k : k + horizon]), truth,
+                         groups, 0)
     result: dict[str, Any] = {
-        "data": str(test.metadata.get("dataset_id")), "split": test.split, "test_starts": n,
+        "data": str(test.info.dataset_id), "split": test.split, "test_starts": len(truth),
         "seeds": cfg.seeds, "samples": cfg.eval.samples, "horizon": horizon,
         "fd_warning": check_fd_size(test), "confidence": 0.95, "resamples": cfg.resamples,
         "floor": {g: {f"fd@{t}": float(f[t - 1]) for t in steps} for g, f in floor.items()},
         "floor_curve": floor["state"].tolist(), "band_steps": [t + 1 for t in band_steps],
         "variants": {}}
-    per_seed_fd: dict[str, list[float]] = {}
     for spec in specs:
-        preds = [r["pred"] for r in runs[spec]]
-        entry: dict[str, Any] = {"folder": names[spec]}
-        for g, dims in groups.items():
-            for t in steps:
-                stats = [_fd_stat(p, truth, t - 1, dims) for p in preds]
-                key = f"fd@{t}" if g == "state" else f"{g} fd@{t}"
-                entry[key] = median_over_seeds(stats, [n] * len(stats), recenter=True,
-                                               resamples=cfg.resamples).as_dict()
-                entry[key]["per_seed"] = [float(s(np.arange(n)[None])[0]) for s in stats]
-        per_seed_fd[spec] = entry[f"fd@{steps[-1]}"]["per_seed"]
-        entry["mse"] = median_interval(np.stack([r["mse_per_start"] for r in runs[spec]]),
-                                       resamples=cfg.resamples).as_dict()
-        physics = [r["physics_per_start"] for r in runs[spec]]
-        entry["physics_error"] = (median_interval(np.stack(physics), resamples=cfg.resamples)
-                                  .as_dict() if all(len(p) for p in physics) else None)
-        entry["train_seconds"] = float(np.nanmedian([float(r["train_seconds"])
-                                                     for r in runs[spec]]))
-        band = [median_over_seeds([_fd_stat(p, truth, t, groups["state"]) for p in preds],
-                                  [n] * len(preds), resamples=cfg.band_resamples,
-                                  recenter=True)
-                for t in band_steps]
-        entry["band"] = {"median": [b.value for b in band], "low": [b.low for b in band],
-                         "high": [b.high for b in band]}
+        entry = {"folder": names[spec],
+                 **_variant_summary(runs[spec], truth, groups, steps, band_steps, cfg)}
         result["variants"][spec] = entry
+    per_seed_fd = {spec: result["variants"][spec][f"fd@{steps[-1]}"]["per_seed"]
+                   for spec in specs}
     result["probability_of_improvement"] = {
         a: {b: probability_of_improvement(per_seed_fd[a], per_seed_fd[b],
                                           resamples=cfg.resamples).as_dict()
@@ -285,11 +332,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 def plot_bands(summary: dict[str, Any], path: Path) -> None:
     """FD over the horizon: median over seeds and its 95% interval as a band, per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     variants = summary["variants"]
     colors = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20").colors
     fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -306,40 +349,3 @@ def plot_bands(summary: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    base = variant_config(args.base) if args.base else FitConfig()
-    ecfg = EvalConfig(horizon=args.horizon, samples=args.samples, max_episodes=args.episodes,
-                      device=args.device, plots=False, render=False, progress=not args.quiet)
-    cfg = CompareConfig(seeds=args.seeds, base=base, eval=ecfg, resamples=args.resamples,
-                        jobs=args.jobs)
-    summary = compare(args.data, args.models, args.out, cfg, resume=args.resume)
-    print(summary_markdown(summary))
-    print(f"wrote {Path(args.out) / 'summary.md'}")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``trajebm compare``."""
-    d = CompareConfig()
-    p = subparsers.add_parser(
-        "compare", help="train and score model variants over seeds; medians with intervals")
-    p.add_argument("--data", required=True, help="dataset folder (from `trajebm collect`)")
-    p.add_argument("--models", nargs="+", required=True,
-                   help=f"variants NAME[:key=value,...]; NAME: {' '.join(VARIANTS)}")
-    p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--seeds", type=int, default=d.seeds, help="train seeds 0..N-1")
-    p.add_argument("--base", default=None,
-                   help="settings every variant starts from, as a spec (e.g. ebm:steps=1000)")
-    p.add_argument("--horizon", type=int, default=d.eval.horizon)
-    p.add_argument("--samples", type=int, default=d.eval.samples,
-                   help="samples per test start (stochastic models)")
-    p.add_argument("--episodes", type=int, default=None, help="use at most N test episodes")
-    p.add_argument("--resamples", type=int, default=d.resamples, help="bootstrap resamples")
-    p.add_argument("--jobs", type=int, default=d.jobs,
-                   help="runs in parallel (processes of one torch thread each)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--resume", action="store_true", help="continue the comparison in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_compare)

@@ -1,12 +1,12 @@
 """`trajebm demo`: collect a hand dataset, train the EBMs and baselines, evaluate, report.
 
 Sized to finish in under 15 minutes on 2 CPU cores; every stage is skipped when its output
-already exists, so an interrupted demo resumes by running the same command again.
+already exists, so an interrupted demo resumes by running the same command again. Its outputs
+go to :data:`DEFAULT_OUT` unless another folder is named (never into the source tree).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from dataclasses import dataclass, replace
@@ -16,8 +16,10 @@ from typing import Any
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import atomic_write_bytes, write_run_info
 from trajebm.evaluate import EvalConfig, evaluate, markdown_table
-from trajebm.fit import DEFAULT_MODEL, fit_model, variant_config
-from trajebm.models import MODEL_FILE
+from trajebm.fit import fit_model
+from trajebm.modelio import MODEL_FILE
+from trajebm.models import MODEL_CLASSES
+from trajebm.variants import DEFAULT_MODEL, variant_config
 
 
 @dataclass
@@ -25,23 +27,38 @@ class DemoConfig:
     """Dataset size, training lengths and evaluation settings of the demo."""
 
     episodes: int = 500
+    """Episodes to collect (scripted policy)."""
     length: int = 100
+    """Steps per episode."""
     random_every: int = 4
+    """Replace every K-th scripted action by a uniform random one."""
     ebm_steps: int = 3000
+    """Training steps of the energy-based models."""
     baseline_steps: int = 3000
+    """Training steps of the baselines."""
     batch_size: int = 256
+    """Windows per training batch."""
     samples: int = 4
+    """Samples per test context."""
     horizon: int = 96
+    """Predicted steps per rollout."""
     seed: int = 0
+    """Seed of the collection, the training and the rollouts."""
     workers: int | None = None
+    """Collection threads (default: all cores)."""
     device: str = "cpu"
+    """cpu | cuda"""
     render: bool = True
+    """Render the frame strip and video."""
     progress: bool = True
+    """Show progress bars."""
 
 
 DATASET_ID = "trajebm/hand-demo-v0"
+DEFAULT_OUT = "runs/demo"
+"""Where ``trajebm demo`` writes unless told otherwise (``runs/`` is outside the package)."""
 MODELS = (DEFAULT_MODEL, "ebm-uncond", "fc", "fc-paper", "ensemble")
-"""Named variants (:data:`trajebm.fit.VARIANTS`) the demo trains, with their defaults."""
+"""Named variants (:data:`trajebm.variants.VARIANTS`) the demo trains, with their defaults."""
 
 
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None) -> dict[str, Any]:
@@ -72,7 +89,8 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None) -> di
             continue
         t = time.perf_counter()
         fcfg = variant_config(name)
-        steps = cfg.ebm_steps if fcfg.model.kind == "ebm" else cfg.baseline_steps
+        energy_based = MODEL_CLASSES[fcfg.model.kind][1].energy_based
+        steps = cfg.ebm_steps if energy_based else cfg.baseline_steps
         fcfg = replace(fcfg, batch_size=cfg.batch_size,
                        train=replace(fcfg.train, steps=steps, seed=cfg.seed,
                                      progress=cfg.progress))
@@ -117,32 +135,3 @@ def write_markdown(report: dict[str, Any], cfg: DemoConfig, path: Path) -> None:
     elif report.get("frames"):
         lines += [report["frames"], ""]
     atomic_write_bytes(path, "\n".join(lines).encode())
-
-
-def run_demo_command(args: argparse.Namespace) -> int:
-    cfg = DemoConfig(episodes=args.episodes, length=args.length, ebm_steps=args.ebm_steps,
-                     baseline_steps=args.baseline_steps, samples=args.samples,
-                     seed=args.seed, workers=args.workers, device=args.device,
-                     render=not args.no_render, progress=not args.quiet)
-    report = run_demo(args.out, cfg)
-    print(markdown_table(report["summary"]))
-    print(f"wrote {Path(args.out) / 'report' / 'README.md'} in {report['timings']['total']:.0f} s")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``trajebm demo``."""
-    d = DemoConfig()
-    p = subparsers.add_parser("demo", help="collect, train EBMs + baselines, evaluate, report")
-    p.add_argument("--out", default="demo", help="output folder (default: ./demo)")
-    p.add_argument("--episodes", type=int, default=d.episodes)
-    p.add_argument("--length", type=int, default=d.length)
-    p.add_argument("--ebm-steps", type=int, default=d.ebm_steps)
-    p.add_argument("--baseline-steps", type=int, default=d.baseline_steps)
-    p.add_argument("--samples", type=int, default=d.samples, help="samples per test context")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=None, help="collection threads")
-    p.add_argument("--device", default=d.device, help="cpu | cuda")
-    p.add_argument("--no-render", action="store_true", help="skip the rendered frame strip")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_demo_command)

@@ -6,18 +6,16 @@ Gaussian ensemble NLL) give the trainer their loss instead, on the same batches,
 the same checkpoints, exact resume, divergence guard and torchrun support. Options that fight
 compounding error — noise on the context states, training on the model's own rollouts — apply
 to every model kind alike, and so does checkpoint selection on held-out validation rollouts.
-Every run folder gets ``model.pt`` (see :func:`trajebm.models.load_model`),
+Every run folder gets ``model.pt`` (see :func:`trajebm.modelio.load_model`),
 ``checkpoint.pt``, ``metrics.csv`` and ``run.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,20 +23,23 @@ import torch
 from torch import Tensor
 
 from trajebm.data.dataset import TrajectoryDataset
-from trajebm.engine.buffer import ReplayBuffer
 from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
 from trajebm.engine.metrics import frechet_distance_samples
 from trajebm.engine.runinfo import run_folder, write_run_info
-from trajebm.engine.train import TrainConfig, Trainer, init_distributed, seed_everything, world
-from trajebm.models import (
-    MODEL_FILE,
-    ModelConfig,
-    TrajectoryModel,
-    build_model,
-    rollout_z,
-    save_model,
+from trajebm.engine.train import (
+    Contrastive,
+    Objective,
+    Supervised,
+    TrainConfig,
+    Trainer,
+    init_distributed,
+    seed_everything,
+    world,
 )
+from trajebm.modelio import MODEL_FILE, save_model
+from trajebm.models import EBMConfig, ModelConfig, TrajectoryEBM, TrajectoryModel, build_model
+from trajebm.rollout import rollout_z
 
 
 def trajectory_train_config(**overrides: Any) -> TrainConfig:
@@ -52,37 +53,45 @@ def trajectory_train_config(**overrides: Any) -> TrainConfig:
 
 @dataclass
 class FitConfig:
-    """How to train: the model, the shared trainer's settings, and the trajectory-specific
-    data options. PAPER.md §2 uses batch 1024 and beta1 = 0 (:func:`paper_fit_config`).
-    Validation rolls out ``val_horizon`` steps from at most ``val_trajectories`` held-out
-    trajectories (bounded, so validation costs the same on a dataset of any size)."""
+    """How to train: the model (its kind's config), the trainer's settings and the data's.
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    Validation rolls out ``val_horizon`` steps from at most ``val_trajectories`` held-out
+    trajectories (bounded, so validation costs the same on a dataset of any size). Named,
+    complete FitConfigs are the variants of :mod:`trajebm.variants`.
+    """
+
+    model: ModelConfig = field(default_factory=EBMConfig)
+    """The model kind and its settings (``trajebm.models``)."""
     train: TrainConfig = field(default_factory=trajectory_train_config)
+    """The trainer's settings (steps, optimiser, checkpoints, validation)."""
     batch_size: int = 256
-    replay_prob: float = 0.0
-    buffer_capacity: int = 10000
+    """Windows per training batch."""
     test_fraction: float = 0.1
+    """Share of the episodes held out for testing."""
     split_seed: int = 0
+    """Seed of the train/validation/test split by episode."""
     val_fraction: float = 0.05
+    """Share of the episodes held out for validation."""
     val_horizon: int = 48
+    """Steps of the validation rollouts."""
     val_trajectories: int = 1000
+    """Validation trajectories rolled out at most."""
     context_noise: float = 0.0
+    """N(0, sigma^2) noise (z units) on the context states of every batch."""
     rollout_fraction: float = 0.0
+    """Share of each batch taken from the model's own rollouts (0: none)."""
     rollout_horizon: int = 8
+    """Steps of those own rollouts."""
     rollout_every: int = 250
+    """Training steps between refreshes of the own-rollout pool."""
     rollout_start: int = 1000
+    """First training step that uses own rollouts."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.model, dict):
-            self.model = ModelConfig(**self.model)
-        if isinstance(self.train, dict):
-            self.train = TrainConfig(**self.train)
-        if self.batch_size <= 0 or self.train.lr <= 0 or self.train.steps < 0:
-            raise UsageError("steps must be >= 0, batch_size and lr positive")
-        for name in ("replay_prob", "rollout_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.batch_size <= 0 or self.train.lr <= 0:
+            raise UsageError("batch_size and lr must be positive")
+        if not 0.0 <= self.rollout_fraction <= 1.0:
+            raise UsageError(f"rollout_fraction must be in [0, 1], got {self.rollout_fraction}")
         if self.context_noise < 0:
             raise UsageError(f"context_noise must be >= 0, got {self.context_noise}")
         if min(self.val_horizon, self.val_trajectories, self.rollout_horizon,
@@ -95,14 +104,6 @@ class FitConfig:
     @property
     def seed(self) -> int:
         return self.train.seed
-
-
-def paper_fit_config(**overrides: Any) -> FitConfig:
-    """PAPER.md §2 exactly: batch 1024, Adam beta = (0, 0.999), s_{t+1} fed as is."""
-    model = overrides.pop("model", ModelConfig())
-    train = overrides.pop("train", trajectory_train_config())
-    return FitConfig(model=replace(model, delta_input=False), batch_size=1024,
-                     train=replace(train, betas=(0.0, 0.999)), **overrides)
 
 
 class TrajectoryBatches:
@@ -265,6 +266,17 @@ def rollout_validator(model: TrajectoryModel, states: np.ndarray, actions: np.nd
     return validate
 
 
+def objective(model: TrajectoryModel, seed: int = 0) -> Objective:
+    """What a model of each kind trains on: a contrastive EBM against its own chains (with the
+    proposal head's MSE beside it), every other kind on its own loss."""
+    if not isinstance(model, TrajectoryEBM):
+        return Supervised(model, model.loss)
+    c = model.config
+    aux = model.proposal_loss if c.proposal else None
+    return Contrastive.build(model, c.sampler, c.contrastive, (c.out_dim,), context_init(model),
+                             cond_shape=(c.cond_dim,), aux_loss=aux, seed=seed)
+
+
 def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
               config: FitConfig | None = None, device: str | torch.device | None = None,
               resume: bool = False) -> TrajectoryModel:
@@ -280,12 +292,12 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
     out = run_folder(out_dir, MODEL_FILE, resume)
     ds = TrajectoryDataset(data, context=cfg.model.context, test_fraction=cfg.test_fraction,
                            seed=cfg.split_seed, dtype="float32", val_fraction=cfg.val_fraction)
-    own = ds.metadata["trajebm"]
+    info = ds.info
     mcfg = replace(cfg.model, state_dim=ds.state_dim, action_dim=ds.action_dim)
     cfg = replace(cfg, model=mcfg)
-    meta = {"dataset_id": ds.metadata.get("dataset_id"), "env_id": own["env_id"],
-            "state_names": own["state_names"], "dataset_path": str(data), "split": ds.split,
-            "normalization_floored": [own["state_names"][i] for i in ds.state_stats.floored]}
+    meta = {"dataset_id": info.dataset_id, "env_id": info.env_id,
+            "state_names": list(info.state_names), "dataset_path": str(data), "split": ds.split,
+            "normalization_floored": [info.state_names[i] for i in ds.state_stats.floored]}
     seed_everything(cfg.seed)
     model = build_model(mcfg, ds.state_stats.mean, ds.state_stats.std, meta)
     batches = TrajectoryBatches(
@@ -293,11 +305,8 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
         context_noise=cfg.context_noise, rollout_fraction=cfg.rollout_fraction,
         rollout_horizon=cfg.rollout_horizon, rollout_every=cfg.rollout_every,
         rollout_start=cfg.rollout_start)
-    contrastive = mcfg.kind == "ebm" and mcfg.objective == "cd"
-    tcfg = replace(cfg.train, sampler=mcfg.sampler, adam_clip=contrastive,
-                   negatives_cond="buffer" if cfg.replay_prob > 0 else "data")
     validate = None
-    if tcfg.validate_every:
+    if cfg.train.validate_every:
         val_s, val_a = ds.trajectories("val", normalized=True, limit=cfg.val_trajectories)
         if len(val_s) >= 2:
             validate = rollout_validator(model, val_s, val_a, cfg.val_horizon, cfg.seed)
@@ -310,18 +319,10 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
         write_run_info(out, cfg, cfg.seed, dataset=meta, train_windows=len(batches.starts),
                        device=str(device))
     t0 = time.perf_counter()
-    if contrastive:
-        buffer = ReplayBuffer(cfg.buffer_capacity, (mcfg.out_dim,), context_init(model),
-                              cond_shape=(mcfg.cond_dim,), replay_prob=cfg.replay_prob,
-                              seed=cfg.seed)
-        aux = model.proposal_loss if mcfg.proposal else None
-        trainer = Trainer(model, batches, buffer, tcfg, out, device, validate=validate,
-                          aux_loss=aux)
-    else:
-        trainer = Trainer(model, batches, None, tcfg, out, device, loss_fn=model.loss,
-                          validate=validate)
+    trainer = Trainer(model, batches, objective(model, cfg.seed), cfg.train, out, device,
+                      validate=validate)
     summary = trainer.fit(resume=resume)
-    if contrastive and (message := collapse_message(summary)) is not None:
+    if isinstance(model, TrajectoryEBM) and (message := collapse_message(summary)) is not None:
         warnings.warn(message, stacklevel=2)
     chosen = trainer.best_state_dict() or trainer.ema_state_dict()
     if chosen is not None:
@@ -342,129 +343,11 @@ def collapse_message(summary: dict[str, float]) -> str | None:
 
     On the hand data, runs at batch 256 fell into E(x+) = -0.5, E(x-) = +0.5 (the optimum of
     the L2-penalised loss for a perfect classifier) after ~5,700 steps; its chains then no
-    longer reach the data and rollouts diverge. ``collapse_gap`` in the trainer acts on it.
+    longer reach the data and rollouts diverge. ``ContrastiveConfig.collapse_gap`` acts on it.
     """
     gap = summary.get("e_neg", 0.0) - summary.get("e_pos", 0.0)
     if gap <= COLLAPSE_GAP:
         return None
     return (f"EBM collapsed: final E(negatives) - E(data) = {gap:.2f} > {COLLAPSE_GAP}; its "
             f"samples no longer reach the data. Train fewer steps (metrics.csv shows when the "
-            f"gap opened), lower the lr or set a collapse guard (--collapse-gap).")
-
-
-_CD = {"kind": "ebm", "objective": "cd", "activation": "lrelu", "proposal": False,
-       "init_noise": 0.3}
-_DSM = {"kind": "ebm", "objective": "dsm", "activation": "silu"}
-_BASELINE = {"conditional": True, "residual": True, "activation": "lrelu"}
-VARIANTS: dict[str, dict[str, Any]] = {
-    "ebm": {**_CD, "conditional": True},
-    "ebm-uncond": {**_CD, "conditional": False},
-    "ebm-paper": {**_CD, "conditional": True, "paper": True},
-    "ebm-proposal": {**_CD, "conditional": True, "proposal": True, "init_noise": 0.1},
-    "ebm-dsm": {**_DSM, "conditional": True},
-    "ebm-dsm-uncond": {**_DSM, "conditional": False},
-    "fc": {**_BASELINE, "kind": "fc"},
-    "fc-paper": {**_BASELINE, "kind": "fc", "residual": False},
-    "ensemble": {**_BASELINE, "kind": "ensemble"},
-    "fc-uncond": {**_BASELINE, "kind": "fc", "conditional": False},
-    "ensemble-uncond": {**_BASELINE, "kind": "ensemble", "conditional": False},
-}
-"""Named model variants: a base for :func:`variant_config` (``NAME:key=value,...``)."""
-
-DEFAULT_MODEL = "ebm-proposal"
-"""The variant ``trajebm train`` and the demo use: the best EBM of the README's comparison."""
-
-MODEL_KEYS = {f for f in ModelConfig.__dataclass_fields__ if f not in ("state_dim",
-                                                                       "action_dim")}
-FIT_KEYS = {f for f in FitConfig.__dataclass_fields__ if f not in ("model", "train")}
-TRAIN_KEYS = {f for f in TrainConfig.__dataclass_fields__ if f not in ("sampler", "betas")}
-SAMPLER_KEYS = {"steps", "step_size", "noise", "temperature", "grad_clip", "step_size_end",
-                "anneal_power"}
-
-
-def variant_config(spec: str, base: FitConfig | None = None) -> FitConfig:
-    """A :class:`FitConfig` from a variant spec ``NAME[:key=value,...]``.
-
-    NAME is one of :data:`VARIANTS`; keys are fields of :class:`ModelConfig` (``segment=4``),
-    :class:`FitConfig` (``context_noise=0.05``), the trainer's :class:`TrainConfig`
-    (``steps=12000``, ``ema_decay=0.999``), ``beta1``, or the sampler's fields prefixed with
-    ``sampler_`` (``sampler_steps=40``). Values parse as int, float, bool (true/false) or None.
-    """
-    name, _, rest = spec.partition(":")
-    if name not in VARIANTS:
-        raise UsageError(f"unknown model {name!r}; choose from {', '.join(VARIANTS)} "
-                         f"(optionally NAME:key=value,...)")
-    settings = dict(VARIANTS[name])
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise UsageError(f"{spec}: expected key=value, got {item!r}")
-        settings[key.strip()] = _parse_value(value.strip())
-    cfg = base or FitConfig()
-    if settings.pop("paper", False):
-        cfg = paper_fit_config(model=cfg.model, train=cfg.train)
-    model, train, fit, sampler = {}, {}, {}, {}
-    for key, value in settings.items():
-        if key in MODEL_KEYS:
-            model[key] = value
-        elif key in FIT_KEYS:
-            fit[key] = value
-        elif key == "beta1":
-            train["betas"] = (float(value), cfg.train.betas[1])
-        elif key in TRAIN_KEYS:
-            train[key] = value
-        elif key.startswith("sampler_") and key[8:] in SAMPLER_KEYS:
-            sampler[key[8:]] = value
-        else:
-            raise UsageError(f"{spec}: unknown setting {key!r}")
-    try:
-        mcfg = replace(cfg.model, **model)
-        mcfg = replace(mcfg, sampler=replace(mcfg.sampler, **sampler))
-        return replace(cfg, model=mcfg, train=replace(cfg.train, **train), **fit)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"{spec}: {err}") from None
-
-
-def _parse_value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return text
-
-
-def run_train(args: argparse.Namespace) -> int:
-    cfg = variant_config(args.model)
-    train = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("seed", args.seed))
-             if v is not None}
-    cfg = replace(cfg, train=replace(cfg.train, progress=not args.quiet, **train))
-    if args.batch_size is not None:
-        cfg = replace(cfg, batch_size=args.batch_size)
-    fit_model(args.data, args.out, cfg, args.device, resume=args.resume)
-    print(f"wrote {Path(args.out) / MODEL_FILE}")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``trajebm train``."""
-    p = subparsers.add_parser("train", help="train a trajectory model (any named variant)")
-    p.add_argument("--data", required=True, help="dataset folder (from `trajebm collect`)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"NAME[:key=value,...], NAME one of {' '.join(VARIANTS)}; keys are "
-                        f"fields of the model, fit or trainer config (e.g. "
-                        f"ebm:context_noise=0.1,spectral_norm=true,sampler_steps=40)")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--steps", type=int, default=None, help="training steps")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_train)
+            f"gap opened), lower the lr or set a collapse guard (a spec's collapse_gap=...).")

@@ -1,16 +1,20 @@
 """Autoregressive rollout prediction for any trajectory model, with optional steering energies.
 
-:func:`predict_rollouts` starts from k context states (original units), predicts ``horizon``
-steps for ``samples`` particles per context in one batch, and returns them in original
-units. For the EBM an ``extra_energy`` (e.g. :func:`goal_energy`) is added to the model's
-energy at every step, so rollouts can be steered without retraining (a product of experts).
+:func:`rollout_z` is the one rollout loop (in z units: each step the model proposes the next
+state or segment from the last k, and the window slides on). :func:`predict_rollouts` is its
+public face: it starts from k context states (original units), predicts ``horizon`` steps for
+``samples`` particles per context in one batch, and returns them in original units. For an
+EBM an ``extra_energy`` (e.g. :func:`goal_energy`) is added to the model's energy at every
+step, so rollouts can be steered without retraining (a product of experts).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-from collections.abc import Sequence
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +27,49 @@ from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import atomic_write_bytes
 from trajebm.engine.sampling import COMPILE_MODES
-from trajebm.models import ExtraEnergy, TrajectoryModel, load_model, rollout_z
+from trajebm.modelio import load_model
+from trajebm.models import GaussianEnsemble, TrajectoryModel
+
+ExtraEnergy = Callable[[Tensor, int], Tensor]
+"""``extra(states (N, D) in original units, step) -> (N,)``: added to an EBM's energy."""
+
+
+def rollout_z(model: TrajectoryModel, window: Tensor, actions: Tensor | None, horizon: int, *,
+              steps: int | None = None, temperature: float = 1.0,
+              extra: Callable[[Tensor, int], Tensor] | None = None,
+              members: Tensor | None = None, progress: Callable[[int], None] | None = None,
+              compile: bool | str = False) -> Tensor:
+    """The one autoregressive rollout loop, in z units: (N, horizon, D) from (N, k, D).
+
+    ``actions`` (N, >= horizon, A) start at a_t; a segment model that would need actions past
+    the last one given repeats it (those extra predictions are dropped). ``extra(x, t)`` adds
+    an energy on a z-scored state (N, D) predicted for step ``t`` (EBMs only). ``compile``
+    runs an EBM's Langevin steps compiled (compiled once, reused by every step); with ``extra``
+    they run eager, as its step index would make every rollout step a new compilation.
+    """
+    h, d, k = model.config.segment, model.config.state_dim, model.config.context
+    out: list[Tensor] = []
+    t = 0
+    while t < horizon:
+        act = None
+        if actions is not None:
+            act = actions[:, t : t + h]
+            if act.shape[1] < h:
+                act = torch.cat([act, act[:, -1:].expand(-1, h - act.shape[1], -1)], 1)
+        cond = model.make_cond(window, act)
+        seg_extra = None
+        if extra is not None:
+            def seg_extra(x: Tensor, _cond: Tensor | None, t0: int = t) -> Tensor:
+                return sum(extra(x[:, j * d : (j + 1) * d], t0 + j) for j in range(h))
+        nxt = model.propose(cond, steps=steps, temperature=temperature, extra=seg_extra,
+                            members=members, compile=compile and seg_extra is None
+                            ).detach().view(len(window), h, d)
+        out.append(nxt)
+        window = torch.cat([window, nxt], 1)[:, -k:]
+        t += h
+        if progress is not None:
+            progress(h)
+    return torch.cat(out, 1)[:, :horizon]
 
 
 def _tensor(value: Any, name: str, device: torch.device) -> Tensor:
@@ -106,7 +152,7 @@ def predict_rollouts(
     if not isinstance(compile, bool) and compile not in COMPILE_MODES:
         raise UsageError(f"compile must be true, false or one of {', '.join(COMPILE_MODES)}, "
                          f"not {compile!r}")
-    if extra_energy is not None and model.kind != "ebm":
+    if extra_energy is not None and not model.energy_based:
         raise UsageError(f"extra_energy steers EBM sampling; the {model.kind} model has no energy")
     home, was_training = model.state_mean.device, model.training
     device = resolve_device(device) if device is not None else home
@@ -130,7 +176,7 @@ def predict_rollouts(
             if seed is not None:
                 torch.manual_seed(seed)
             members = None
-            if model.kind == "ensemble":
+            if isinstance(model, GaussianEnsemble):
                 members = torch.randint(model.config.members, (len(window),), device=device)
             pred = rollout_z(model, window, act, horizon, steps=langevin_steps,
                              temperature=temperature, extra=extra, members=members,
@@ -185,62 +231,77 @@ def check_layout(model: TrajectoryModel, state_names: Sequence[str], where: str 
                          f"this kind of data")
 
 
-def rollout_dataset(model_path: str, data: str, out: str, horizon: int = 96, samples: int = 16,
-                    episodes: int = 8, split: str = "test", langevin_steps: int | None = None,
-                    temperature: float = 1.0, seed: int = 0, device: str = "cpu",
-                    compile: bool | str = False) -> dict[str, Any]:
-    """Predict rollouts from the first k states of ``episodes`` episodes of ``split`` (the
-    split the model was trained on) and save an .npz."""
-    model = load_model(model_path, device)
+def usable_horizon(horizon: int, length: int, context: int) -> int:
+    """``horizon``, or the most steps episodes of ``length`` states allow after ``context``
+    states — with a warning that says how many steps are predicted instead."""
+    most = length - context
+    if most < 1:
+        raise UsageError(f"episodes of {length} states leave no step to predict after "
+                         f"k = {context} context states")
+    if horizon > most:
+        warnings.warn(f"horizon {horizon} is longer than the data allows: predicting {most} "
+                      f"steps (episodes of {length} states, k = {context} context states)",
+                      stacklevel=2)
+        return most
+    return horizon
+
+
+@dataclass
+class RolloutConfig:
+    """Rollouts of a saved model from the starts of a dataset's episodes."""
+
+    horizon: int = 96
+    """Predicted steps per rollout."""
+    samples: int = 16
+    """Samples per start context."""
+    episodes: int = 8
+    """Start contexts: the first episodes of the split."""
+    split: str = "test"
+    """train | val | test | all, of the split the model was trained on."""
+    langevin_steps: int | None = None
+    """EBM sampler steps per predicted state (default: as trained)."""
+    temperature: float = 1.0
+    """Sampler temperature (for the ensemble: the variance's factor)."""
+    seed: int = 0
+    """Seeds the samples."""
+    device: str = "cpu"
+    """cpu | cuda."""
+    compile: bool | str = False
+    """Compile the EBM's Langevin steps (True or a torch.compile mode)."""
+
+    def __post_init__(self) -> None:
+        if self.horizon <= 0 or self.samples <= 0 or self.episodes <= 0:
+            raise UsageError("horizon, samples and episodes must be positive")
+
+
+def rollout_dataset(model_path: str | os.PathLike, data: str | os.PathLike,
+                    out: str | os.PathLike, config: RolloutConfig | None = None
+                    ) -> dict[str, Any]:
+    """Predict rollouts from the first k states of ``config.episodes`` episodes of
+    ``config.split`` (of the split the model was trained on) and save them as an .npz."""
+    cfg = config or RolloutConfig()
+    model = load_model(model_path, cfg.device)
     k = model.config.context
     own = model.split
     ds = TrajectoryDataset(data, context=k, test_fraction=own["test_fraction"],
                            seed=own["seed"], dtype="float32")
-    check_layout(model, ds.metadata["trajebm"]["state_names"])
-    states, actions = ds.trajectories(split, limit=episodes)
+    check_layout(model, ds.state_names)
+    states, actions = ds.trajectories(cfg.split, limit=cfg.episodes)
     if not len(states):
-        raise UsageError(f"the {split} split of {data} is empty")
-    horizon = min(horizon, states.shape[1] - k)
+        raise UsageError(f"the {cfg.split} split of {data} is empty")
+    horizon = usable_horizon(cfg.horizon, states.shape[1], k)
     acts = actions[:, k - 1 : k - 1 + horizon] if model.config.conditional else None
-    pred = predict_rollouts(model, states[:, :k], acts, horizon, samples, langevin_steps,
-                            temperature, seed=seed, device=device, progress=True,
-                            compile=compile)
+    pred = predict_rollouts(model, states[:, :k], acts, horizon, cfg.samples,
+                            cfg.langevin_steps, cfg.temperature, seed=cfg.seed,
+                            device=cfg.device, progress=True, compile=cfg.compile)
     record = {"predicted": pred, "context": states[:, :k], "truth": states[:, k : k + horizon],
               "actions": np.zeros((0,)) if acts is None else acts,
               "model_kind": np.array(model.kind), "model_path": np.array(str(model_path)),
               "model_dataset_id": np.array(str(model.meta.get("dataset_id"))),
-              "dataset_id": np.array(str(ds.metadata.get("dataset_id"))),
-              "state_names": np.array(ds.metadata["trajebm"]["state_names"]),
-              "seed": np.array(seed)}
+              "dataset_id": np.array(str(ds.info.dataset_id)),
+              "state_names": np.array(ds.state_names),
+              "seed": np.array(cfg.seed)}
     buf = io.BytesIO()
     np.savez(buf, **record)
     atomic_write_bytes(out, buf.getvalue())
-    return {"out": out, "shape": pred.shape}
-
-
-def run_rollout(args: argparse.Namespace) -> int:
-    info = rollout_dataset(args.model, args.data, args.out, args.horizon, args.samples,
-                           args.episodes, args.split, args.langevin_steps, args.temperature,
-                           args.seed, args.device, args.compile)
-    print(f"wrote predictions {tuple(info['shape'])} to {info['out']}")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``trajebm rollout``."""
-    p = subparsers.add_parser("rollout", help="predict rollouts of a trained model on a dataset")
-    p.add_argument("--model", required=True, help="run folder (or model.pt) of `trajebm train`")
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--out", required=True, help="output .npz file")
-    p.add_argument("--horizon", type=int, default=96)
-    p.add_argument("--samples", type=int, default=16, help="samples per start context")
-    p.add_argument("--episodes", type=int, default=8, help="start contexts (first episodes)")
-    p.add_argument("--split", default="test", help="train | test | all")
-    p.add_argument("--langevin-steps", type=int, default=None, help="EBM steps per state")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
-                   help="compile the EBM's Langevin steps (torch.compile; optional MODE, e.g. "
-                        "reduce-overhead for CUDA graphs on a GPU)")
-    p.set_defaults(func=run_rollout)
+    return {"out": str(out), "shape": pred.shape, "horizon": horizon}

@@ -11,31 +11,36 @@ A rollout reaches the goal when its final predicted height is within ``tolerance
 target (above the hold floor). The true trajectories' rate is the base rate. Steering under
 fixed true actions asks the model for states the actions may not produce, so the cost is
 measured too: the physics error of steered vs unsteered rollouts (MuJoCo re-simulates one step
-from each predicted state under its action; see :mod:`trajebm.evaluate`).
+from each predicted state under its action; see :mod:`trajebm.evaluate.physics`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from trajebm.engine.errors import UsageError
+from trajebm.engine.plotting import pyplot
 from trajebm.engine.runinfo import atomic_write_bytes, write_json, write_run_info
 from trajebm.evaluate import (
     EvalConfig,
-    PhysicsChecker,
     TestSet,
+    format_value,
     load_test_set,
-    physics_gaps,
+    physics_checker,
     predict_test,
+    rollout_physics,
 )
-from trajebm.models import TrajectoryModel, load_model
-from trajebm.rollout import goal_energy, predict_rollouts
+from trajebm.modelio import load_model
+from trajebm.models import TrajectoryModel
+from trajebm.rollout import goal_energy, predict_rollouts, usable_horizon
+
+if TYPE_CHECKING:
+    from trajebm.envs import Simulator
 
 GOALS = ("lift", "hold")
 HEIGHT = "object:z"
@@ -46,16 +51,27 @@ class SteerConfig:
     """Goal sizes and weight, rollout and physics-check settings."""
 
     horizon: int = 48
+    """Predicted steps per rollout (at most what the test trajectories hold after k states)."""
     samples: int = 4
+    """Samples per test start."""
     max_episodes: int | None = 200
+    """Use at most N test episodes."""
     weight: float = 0.2
+    """Goal energy weight."""
     lift: float = 0.02
+    """Lift goal in metres above the start height."""
     tolerance: float = 0.005
+    """Metres within which a goal counts as reached."""
     physics_episodes: int = 32
+    """Test starts whose rollouts get the physics check."""
     physics_every: int = 2
+    """Check every n-th predicted step."""
     seed: int = 0
+    """Seed of the rollouts' sampling."""
     device: str = "cpu"
+    """cpu | cuda"""
     progress: bool = True
+    """Show progress bars."""
 
     def __post_init__(self) -> None:
         if self.horizon <= 0 or self.samples <= 0 or self.weight <= 0 or self.tolerance <= 0:
@@ -77,28 +93,24 @@ def reached(goal: str, final: np.ndarray, target: np.ndarray, tolerance: float) 
     return final >= target - tolerance
 
 
-def _physics(checker: PhysicsChecker | None, test: TestSet, pred: np.ndarray, k: int,
+def _physics(checker: Simulator | None, test: TestSet, pred: np.ndarray, k: int,
              cfg: SteerConfig) -> float | None:
+    """The mean physics error of the first samples of rollouts ``pred`` (None unchecked)."""
     if checker is None:
         return None
-    p, every = cfg.physics_episodes, cfg.physics_every
-    horizon = pred.shape[2]
-    prev = np.concatenate([test.states[:p, k - 1, None], pred[:p, 0, :-1]], 1)
-    idx = np.arange(0, horizon, every)
-    acts = test.actions[:p, k - 1 : k - 1 + horizon]
-    gaps = physics_gaps(checker, prev[:, idx], acts[:, idx], pred[:p, 0, idx], test.stats.std)
-    return float(gaps.mean())
+    return float(rollout_physics(checker, test, pred[:, 0], k, cfg.physics_episodes,
+                                 cfg.physics_every).mean())
 
 
 def steer_model(model: TrajectoryModel, test: TestSet, cfg: SteerConfig,
-                checker: PhysicsChecker | None = None) -> dict[str, Any]:
+                checker: Simulator | None = None) -> dict[str, Any]:
     """Goal rates and physics errors of one EBM, unsteered and per goal."""
     names = test.names
     if HEIGHT not in names:
         raise UsageError(f"the state has no {HEIGHT!r}; steering goals need the object height")
     z = names.index(HEIGHT)
     k = model.config.context
-    horizon = min(cfg.horizon, test.states.shape[1] - k)
+    horizon = usable_horizon(cfg.horizon, test.states.shape[1], k)
     ecfg = EvalConfig(horizon=horizon, samples=cfg.samples, seed=cfg.seed, device=cfg.device,
                       progress=cfg.progress)
     start = test.states[:, k - 1, z]
@@ -139,23 +151,16 @@ def steer(models: list[str | os.PathLike], data: str | os.PathLike, out_dir: str
         raise UsageError("give at least one model")
     loaded = [load_model(m, cfg.device) for m in models]
     for m, path in zip(loaded, models, strict=True):
-        if m.kind != "ebm":
+        if not m.energy_based:
             raise UsageError(f"{path}: steering adds energies; the {m.kind} model has none")
     if len({tuple(sorted(m.split.items())) for m in loaded}) > 1:
         raise UsageError("the models were trained on different splits; steer them separately")
     test = load_test_set(data, loaded[0].split, loaded[0].config.context, cfg.max_episodes)
-    checker = None
     per_model = {}
-    try:
-        if any(m.config.conditional for m in loaded):
-            checker = PhysicsChecker(test.env_id,
-                                     test.metadata["trajebm"]["include_velocities"])
+    with physics_checker(test.info, any(m.config.conditional for m in loaded)) as checker:
         for m, path in zip(loaded, models, strict=True):
             per_model[str(path)] = steer_model(m, test, cfg,
                                                checker if m.config.conditional else None)
-    finally:
-        if checker is not None:
-            checker.close()
     rows = summary_rows(per_model)
     report = {"config": cfg, "test_starts": len(test.states), "models": per_model,
               "summary": rows}
@@ -188,9 +193,7 @@ def summary_rows(per_model: dict[str, Any]) -> list[dict[str, Any]]:
 
 def steer_markdown(rows: list[dict[str, Any]], cfg: SteerConfig, n: int) -> str:
     """The steering summary as a markdown table."""
-    def fmt(v: float | None) -> str:
-        return "–" if v is None else f"{v:.3g}"
-
+    fmt = format_value
     lines = [f"Median over {n} model(s); reach rate = share of rollouts whose final object "
              f"height meets the goal (tolerance {cfg.tolerance * 100:g} cm, lift "
              f"{cfg.lift * 100:g} cm, horizon {cfg.horizon}); physics error in z units.", "",
@@ -205,11 +208,7 @@ def steer_markdown(rows: list[dict[str, Any]], cfg: SteerConfig, n: int) -> str:
 
 def plot_heights(per_model: dict[str, Any], path: Path) -> None:
     """Mean object height change over the horizon: truth, unsteered and each goal."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     first = next(iter(per_model.values()))["height_change"]
     for i, key in enumerate(first):
@@ -222,33 +221,3 @@ def plot_heights(per_model: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def run_steer(args: argparse.Namespace) -> int:
-    cfg = SteerConfig(horizon=args.horizon, samples=args.samples, max_episodes=args.episodes,
-                      weight=args.weight, lift=args.lift, tolerance=args.tolerance,
-                      seed=args.seed, device=args.device, progress=not args.quiet)
-    report = steer(args.models, args.data, args.out, cfg)
-    print(steer_markdown(report["summary"], cfg, len(args.models)))
-    print(f"wrote {Path(args.out) / 'steer.json'}")
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``trajebm steer``."""
-    d = SteerConfig()
-    p = subparsers.add_parser("steer", help="goal-steered EBM rollouts: reach rate and cost")
-    p.add_argument("--models", nargs="+", required=True, help="EBM run folders (e.g. seeds)")
-    p.add_argument("--data", required=True, help="dataset folder (its test split is used)")
-    p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--horizon", type=int, default=d.horizon)
-    p.add_argument("--samples", type=int, default=d.samples)
-    p.add_argument("--episodes", type=int, default=d.max_episodes,
-                   help="use at most N test episodes")
-    p.add_argument("--weight", type=float, default=d.weight, help="goal energy weight")
-    p.add_argument("--lift", type=float, default=d.lift, help="lift goal in metres")
-    p.add_argument("--tolerance", type=float, default=d.tolerance, help="metres")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_steer)

@@ -11,7 +11,6 @@ the reference, with the test log-likelihood in the data's units.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -23,13 +22,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trajebm.engine.buffer import ReplayBuffer, uniform_init
+from trajebm.engine.buffer import uniform_init
 from trajebm.engine.errors import UsageError
 from trajebm.engine.likelihood import ais
 from trajebm.engine.metrics import energy_distance
+from trajebm.engine.nets import MLP
+from trajebm.engine.plotting import pyplot
 from trajebm.engine.runinfo import write_json, write_run_info
 from trajebm.engine.sampling import LangevinConfig, langevin
-from trajebm.engine.train import TensorBatches, TrainConfig, Trainer
+from trajebm.engine.train import Contrastive, ContrastiveConfig, TensorBatches, TrainConfig, Trainer
 
 EIGHT_GAUSSIANS_RADIUS = 2.0 * np.sqrt(2.0)
 EIGHT_GAUSSIANS_STD = 0.5 / np.sqrt(2.0)
@@ -111,11 +112,7 @@ class MLPEnergy(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 128, layers: int = 3) -> None:
         super().__init__()
-        widths = [dim] + [hidden] * layers
-        blocks: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:], strict=True):
-            blocks += [nn.Linear(a, b), nn.SiLU()]
-        self.net = nn.Sequential(*blocks, nn.Linear(hidden, 1))
+        self.net = MLP(dim, 1, hidden, layers, activation="silu")
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         return self.net(x).squeeze(-1)
@@ -132,23 +129,47 @@ class ToyConfig:
     """
 
     num_train: int = 20000
+    """Training points drawn from a named density."""
     num_test: int = 4000
+    """Held-out points (at most a fifth of a given array)."""
     num_samples: int = 4000
-    sample_steps: int = 200
+    """Samples drawn at the end."""
+    langevin_steps: int = 200
+    """Langevin steps of those samples, continuing chains of the replay buffer."""
     hidden: int = 128
+    """Width of the energy MLP."""
     batch_size: int = 128
-    buffer_capacity: int = 10000
-    replay_prob: float = 0.95
+    """Data points per training batch."""
     seed: int = 0
+    """Seeds the data, the split, the trainer and the samples (the trainer's own seed is not
+    used)."""
     ais_chains: int = 500
+    """AIS chains for log Z."""
     ais_steps: int = 1000
+    """AIS steps (0: no AIS, the grid alone)."""
     ais_leapfrog_steps: int = 2
+    """Leapfrog steps per AIS transition."""
     grid_points: int = 1024
+    """Grid points per dimension of the reference log Z (1-D and 2-D data)."""
+    sampler: LangevinConfig = field(default_factory=lambda: LangevinConfig(
+        steps=10, step_size=0.005, convention="textbook", grad_clip=None, bounds=None))
+    """The training chain (textbook convention)."""
+    contrastive: ContrastiveConfig = field(
+        default_factory=lambda: ContrastiveConfig(alpha=0.03))
+    """The contrastive objective (energy penalty alpha 0.03, replay buffer)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=5000, lr=2e-3, cosine_decay=True, alpha=0.03, checkpoint_every=1000,
-        log_every=50,
-        sampler=LangevinConfig(steps=10, step_size=0.005, convention="textbook",
-                               grad_clip=None, bounds=None)))
+        steps=5000, lr=2e-3, cosine_decay=True, checkpoint_every=1000, log_every=50))
+    """The trainer's settings."""
+
+    def __post_init__(self) -> None:
+        if self.train.steps < 1:
+            raise ValueError(f"steps must be positive, got {self.train.steps}")
+        if self.ais_steps < 0:
+            raise ValueError(f"ais_steps must be >= 0, got {self.ais_steps}")
+        for name in ("ais_chains", "num_train", "num_test", "num_samples", "hidden",
+                     "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def validate_array(data: np.ndarray, name: str = "data", min_rows: int = 100) -> np.ndarray:
@@ -217,20 +238,20 @@ def fit_toy(train: np.ndarray, test: np.ndarray, out_dir: str | os.PathLike,
     low, high = float(z.min()) - 0.5, float(z.max()) + 0.5
     torch.manual_seed(cfg.seed)
     model = MLPEnergy(dim, cfg.hidden)
-    init = uniform_init(low, high, (dim,))
-    buffer = ReplayBuffer(cfg.buffer_capacity, (dim,), init, replay_prob=cfg.replay_prob,
-                          seed=cfg.seed)
+    objective = Contrastive.build(model, cfg.sampler, cfg.contrastive, (dim,),
+                                  uniform_init(low, high, (dim,)), seed=cfg.seed)
     train_cfg = replace(cfg.train, seed=cfg.seed)
     trainer = Trainer(model, TensorBatches(z, batch_size=cfg.batch_size, seed=cfg.seed),
-                      buffer, train_cfg, out)
+                      objective, train_cfg, out)
     t0 = time.perf_counter()
     summary = trainer.fit()
     train_seconds = time.perf_counter() - t0
     model.eval()
+    buffer = objective.buffer
     pick = torch.randint(len(buffer), (cfg.num_samples,),
                          generator=torch.Generator().manual_seed(cfg.seed + 1))
-    z_samples = langevin(model, buffer.data[pick].float(), None, cfg.train.sampler,
-                         steps=cfg.sample_steps)
+    z_samples = langevin(model, buffer.data[pick].float(), None, cfg.sampler,
+                         steps=cfg.langevin_steps)
     samples = (z_samples.numpy() * std + mean).astype(np.float32)
     rng = np.random.default_rng(cfg.seed)
     gauss = rng.multivariate_normal(mean, np.atleast_2d(np.cov(train, rowvar=False)),
@@ -355,11 +376,7 @@ def toy_likelihood(result: ToyResult, train: np.ndarray, test: np.ndarray,
 
 def plot_toy(result: ToyResult, train: np.ndarray, path: str | os.PathLike) -> None:
     """Data, samples and (for 2-D) the learned energy landscape side by side, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     dim = train.shape[1]
     if dim != 2:
         cols = min(dim, 4)
@@ -427,46 +444,3 @@ def run_toy(out_dir: str | os.PathLike, density: str | None = None,
     plot_toy(result, train, out / "toy.png")
     write_json(out / "metrics.json", metrics)
     return metrics
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("toy", help="fit an EBM to a 2-D toy density or an N×D .npy array",
-                              description=run_toy.__doc__)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--density", choices=sorted(DENSITIES), help="a standard 2-D density")
-    src.add_argument("--data", type=Path, help="an N×D float .npy array (N >= 100)")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 5000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ais-steps", type=int, default=None,
-                   help="AIS steps for log Z (default 1000; 0 skips AIS, keeping the grid)")
-    p.add_argument("--ais-chains", type=int, default=None, help="AIS chains (default 500)")
-    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty output directory")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    cfg = ToyConfig(seed=args.seed)
-    if args.steps is not None:
-        if args.steps < 1:
-            raise UsageError(f"--steps must be positive, got {args.steps}")
-        cfg.train = replace(cfg.train, steps=args.steps)
-    cfg.train = replace(cfg.train, progress=not args.no_progress)
-    if args.ais_steps is not None:
-        if args.ais_steps < 0:
-            raise UsageError(f"--ais-steps must be >= 0, got {args.ais_steps}")
-        cfg.ais_steps = args.ais_steps
-    if args.ais_chains is not None:
-        if args.ais_chains < 1:
-            raise UsageError(f"--ais-chains must be positive, got {args.ais_chains}")
-        cfg.ais_chains = args.ais_chains
-    metrics = run_toy(args.out, args.density, args.data, cfg, args.overwrite)
-    print(f"energy distance to held-out data: {metrics['energy_distance']:.4f} "
-          f"(Gaussian fit: {metrics['energy_distance_gaussian_fit']:.4f}, "
-          f"train vs test: {metrics['energy_distance_train_vs_test']:.4f})")
-    if "modes" in metrics:
-        print(f"8gaussians mode weights {metrics['modes']['mode_weights']}, "
-              f"outliers {metrics['modes']['outlier_fraction']:.3f}")
-    print(f"wrote {args.out}/samples.npy, metrics.json, toy.png, run.json")
-    return 0

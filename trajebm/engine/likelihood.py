@@ -1,6 +1,6 @@
 """Normalising constants of energy-based models by annealed importance sampling (AIS).
 
-PAPER.md §3 bounds an EBM's likelihood by AIS with HMC transitions: forward chains give a
+docs/paper.md §3 bounds an EBM's likelihood by AIS with HMC transitions: forward chains give a
 stochastic lower bound on ``log Z`` and reverse chains (started at samples of the model) an
 upper bound. :func:`ais` does both for any energy ``E(x, cond) -> (B,)`` — trajectory, toy or
 image — with the engine's one HMC sampler (:func:`trajebm.engine.sampling.hmc`).

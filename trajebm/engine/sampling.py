@@ -7,7 +7,7 @@ weight), so experts conditioned differently compose directly:
 ``langevin([Expert(e_shape, circle), Expert(e_pos, left)], x)`` samples
 ``exp(-E_shape(x | circle) - E_pos(x | left))``. An :class:`Expert` is itself an energy.
 
-Two Langevin conventions are offered (PAPER.md §1):
+Two Langevin conventions are offered (docs/paper.md §1):
 
 * ``"paper"`` (the released code of Du & Mordatch): ``x <- x + sigma*eps``, then
   ``x <- x - lambda * clip(grad E(x))``. Step size and noise are decoupled.
@@ -201,26 +201,21 @@ def _clip(g: Tensor, clip: float | None, mode: str) -> Tensor:
     return g * scale.view(-1, *([1] * (g.dim() - 1)))
 
 
-def _fused_step(energy: EnergyFn, x: Tensor, eps: Tensor, cond: Tensor | None,
-                mask: Tensor | None, drift: Tensor, noise: Tensor, paper: bool,
-                clip: float | None, clip_mode: str, bounds: tuple[float, float] | None) -> Tensor:
-    """One Langevin step as a pure function of tensors (what ``compile`` compiles).
+def langevin_step(grad: Callable[[Tensor], Tensor], x: Tensor, eps: Tensor | None,
+                  mask: Tensor | None, drift: float | Tensor, noise: float | Tensor, paper: bool,
+                  clip: float | None, clip_mode: str, bounds: tuple[float, float] | None
+                  ) -> Tensor:
+    """One Langevin step of either convention; the one update rule, eager or compiled.
 
-    ``eps`` is standard normal noise drawn by the caller; ``drift`` and ``noise`` are 0-dim
-    tensors so an annealed step size does not recompile.
+    ``grad(x)`` is the energy's gradient at ``x``; ``eps`` standard normal noise drawn by the
+    caller (None: no noise, for a noiseless paper-convention chain). ``drift`` and ``noise``
+    are the step's scalars (0-dim tensors when compiled, so an annealed step size does not
+    recompile). Elements where ``mask`` is 0 are neither moved nor clamped to ``bounds``.
     """
-    if paper:
+    if paper and eps is not None:
         step_noise = eps * noise
         x = x + (step_noise if mask is None else step_noise * mask)
-
-    def summed(y: Tensor) -> Tensor:
-        e = energy(y, cond)
-        if e.shape != y.shape[:1]:
-            raise ValueError(f"energy must return shape ({y.shape[0]},), got {tuple(e.shape)}")
-        return e.sum()
-
-    g = torch.func.grad(summed)(x)
-    step = drift * _clip(g, clip, clip_mode)
+    step = drift * _clip(grad(x), clip, clip_mode)
     if not paper:
         step = step - noise * eps
     x = x - (step if mask is None else step * mask)
@@ -230,16 +225,33 @@ def _fused_step(energy: EnergyFn, x: Tensor, eps: Tensor, cond: Tensor | None,
     return x
 
 
+def _compiled_body(energy: EnergyFn, x: Tensor, eps: Tensor | None, cond: Tensor | None,
+                   mask: Tensor | None, drift: Tensor, noise: Tensor, paper: bool,
+                   clip: float | None, clip_mode: str, bounds: tuple[float, float] | None
+                   ) -> Tensor:
+    """:func:`langevin_step` with the gradient by ``torch.func.grad`` (what ``compile``
+    compiles: a pure function of tensors)."""
+    def summed(y: Tensor) -> Tensor:
+        e = energy(y, cond)
+        if e.shape != y.shape[:1]:
+            raise ValueError(f"energy must return shape ({y.shape[0]},), got {tuple(e.shape)}")
+        return e.sum()
+
+    return langevin_step(torch.func.grad(summed), x, eps, mask, drift, noise, paper, clip,
+                         clip_mode, bounds)
+
+
 _COMPILED: dict[str, Callable[..., Tensor]] = {}
 
 
 def compiled_step(mode: bool | str = True) -> Callable[..., Tensor]:
-    """The compiled :func:`_fused_step` for a ``torch.compile`` mode, built once per process."""
+    """The compiled :func:`_compiled_body` for a ``torch.compile`` mode, built once per
+    process."""
     key = "default" if mode is True else str(mode)
     if key not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r}; use one of {', '.join(COMPILE_MODES)}")
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(_fused_step, mode=key, dynamic=False)
+        _COMPILED[key] = torch.compile(_compiled_body, mode=key, dynamic=False)
     return _COMPILED[key]
 
 
@@ -297,9 +309,8 @@ def langevin(
             drift, noise = size, cfg.noise * math.sqrt(size / cfg.step_size) * root_t
         else:
             drift, noise = size / 2.0, math.sqrt(size) * root_t
+        eps = torch.randn_like(x) if noise > 0 or not paper else None
         if fused is not None and not last:
-            drawn = noise > 0 or not paper
-            eps = torch.randn_like(x) if drawn else x  # multiplied by a zero noise
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
             with torch.no_grad():
@@ -308,17 +319,12 @@ def langevin(
             if chain is not None:
                 chain.append(x.clone() if graphs else x)
             continue
-        if paper and noise > 0:
-            eps = torch.randn_like(x) * noise
-            x = x + (eps if mask is None else eps * mask)
-        _, g = energy_grad(fn, x, cond, create_graph=last)
-        step = drift * _clip(g, cfg.grad_clip, cfg.clip_mode)
-        if not paper:
-            step = step - noise * torch.randn_like(x)
-        x = x - (step if mask is None else step * mask)
-        if cfg.bounds is not None:
-            clamped = x.clamp(*cfg.bounds)
-            x = clamped if mask is None else torch.where(mask > 0, clamped, x)
+
+        def grad(y: Tensor, create_graph: bool = last) -> Tensor:
+            return energy_grad(fn, y, cond, create_graph=create_graph)[1]
+
+        x = langevin_step(grad, x, eps, mask, drift, noise, paper, cfg.grad_clip, cfg.clip_mode,
+                          cfg.bounds)
         if not last:
             x = x.detach()
         if chain is not None:
@@ -328,6 +334,27 @@ def langevin(
     if return_chain:
         return x, torch.stack(chain)
     return x
+
+
+def annealed_langevin(energy_at: Callable[[float], EnergyFn], x: Tensor, cond: Tensor | None,
+                      sigmas: Sequence[float], steps: int, *, temperature: float = 1.0,
+                      extra: EnergyFn | None = None) -> Tensor:
+    """Annealed Langevin for a noise-conditioned energy (Song & Ermon 2019), then a denoising
+    step.
+
+    ``energy_at(sigma)`` is the energy at noise level sigma. At each level of ``sigmas``
+    (largest first) ``steps`` textbook steps of size sigma^2 run on it (plus ``extra``, e.g. a
+    steering energy) at ``temperature``, without clipping or bounds; a final step
+    ``x - sigma^2 grad E(x)`` at the last level removes the remaining noise (Tweedie).
+    """
+    for sigma in sigmas:
+        level = energy_at(sigma)
+        x = langevin(level if extra is None else (level, extra), x, cond, convention="textbook",
+                     step_size=sigma**2, steps=steps, temperature=temperature, grad_clip=None,
+                     bounds=None)
+    sigma = sigmas[-1]
+    _, grad = energy_grad(energy_at(sigma), x.detach(), cond)
+    return (x - sigma**2 * grad).detach()
 
 
 @dataclass

@@ -37,6 +37,32 @@ def render_frames(env_id: str, states: np.ndarray, width: int = 256, height: int
     return np.stack(frames)
 
 
+def render_panels(env_id: str, panels: dict[str, np.ndarray], path: str | os.PathLike,
+                  size: int = 160, fps: int = 25, include_velocities: bool = False
+                  ) -> str | None:
+    """An MP4 of state sequences side by side (each (T, D), the same T), every panel labelled
+    with its name and the step.
+
+    Returns None on success, else why the video was skipped (no OpenGL or no ffmpeg).
+    """
+    import imageio.v2 as imageio
+    from PIL import Image, ImageDraw
+
+    try:
+        frames = np.concatenate([render_frames(env_id, states, size, size, include_velocities)
+                                 for states in panels.values()], axis=2)
+        for t, frame in enumerate(frames):
+            image = Image.fromarray(frame)
+            draw = ImageDraw.Draw(image)
+            for i, name in enumerate(panels):
+                draw.text((i * size + 4, 4), f"{name}  t={t + 1}", fill=(255, 255, 255))
+            frames[t] = np.asarray(image)
+        imageio.mimsave(path, list(frames), fps=max(1, fps), macro_block_size=1)
+    except Exception as err:  # noqa: BLE001 - rendering is optional and backend-dependent
+        return f"video skipped: {type(err).__name__}: {err}"
+    return None
+
+
 def render_episode(path: str | os.PathLike, episode: int, out: str | os.PathLike,
                    width: int = 256, height: int = 256, every: int = 1) -> Path:
     """Render episode ``episode`` of a dataset to ``out`` (.mp4/.gif video, .png frame strip)."""

@@ -123,9 +123,15 @@ class Simulator:
         warmstart = np.zeros((len(states), self.model.nv))
         return self.rollout(self.physics_states(states), warmstart, actions[:, None])[:, 1]
 
-    def closed_loop(self, initial: np.ndarray, length: int, act: Act) -> np.ndarray:
+    def closed_loop(self, initial: np.ndarray, length: int, act: Act, *,
+                    physics: bool = False) -> np.ndarray:
         """States (B, T+1, D) from integration states ``initial`` (B, ...) over ``length``
-        steps, the actions of each step chosen by ``act`` from the states reached so far."""
+        steps, the actions of each step chosen by ``act`` from the states reached so far.
+
+        With ``physics`` the callback also gets the batch's integration states,
+        ``act(states, t, integration)``, for a policy that simulates ahead (see
+        :meth:`physics_from_integration`).
+        """
         from mujoco.batch import Batch
 
         batch = Batch(self.model, len(initial), nthread=self.workers)
@@ -134,7 +140,31 @@ class Simulator:
         states = np.empty((len(initial), length + 1, self.layout.dim))
         states[:, 0] = self.layout.state_from_qpos_qvel(qpos, qvel)
         for t in range(length):
-            ctrl[:] = control_from_action(self.model, act(states[:, t], t))
+            chosen = act(states[:, t], t, np.array(batch.state)) if physics else \
+                act(states[:, t], t)
+            ctrl[:] = control_from_action(self.model, chosen)
             batch.step(nstep=self.env.n_substeps)
             states[:, t + 1] = self.layout.state_from_qpos_qvel(qpos, qvel)
         return states
+
+    def physics_from_integration(self, integration: np.ndarray
+                                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(full physics states, solver warm-starts) of integration states (B, ...): what
+        :meth:`rollout` starts from."""
+        full = np.empty((len(integration), self.state_size))
+        warmstart = np.empty((len(integration), self.model.nv))
+        data = self._scratch
+        for i, state in enumerate(integration):
+            mujoco.mj_setState(self.model, data, state, INTEGRATION)
+            mujoco.mj_getState(self.model, data, full[i], FULL)
+            warmstart[i] = data.qacc_warmstart
+        return full, warmstart
+
+    def state_vectors(self, integration: np.ndarray) -> np.ndarray:
+        """The state vectors (B, D) of integration states (B, ...)."""
+        data = self._scratch
+        out = np.empty((len(integration), self.layout.dim))
+        for i, state in enumerate(integration):
+            mujoco.mj_setState(self.model, data, state, INTEGRATION)
+            out[i] = self.layout.state_from_qpos_qvel(data.qpos, data.qvel)
+        return out

@@ -279,12 +279,13 @@ def objective(model: TrajectoryModel, seed: int = 0) -> Objective:
 
 def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
               config: FitConfig | None = None, device: str | torch.device | None = None,
-              resume: bool = False) -> TrajectoryModel:
+              resume: bool = False, init: TrajectoryModel | None = None) -> TrajectoryModel:
     """Train ``config.model`` on the dataset folder ``data``; save it in ``out_dir``.
 
     The model records the split (seed, test and validation fractions) it was trained on, so
     evaluation scores it on its own test trajectories. Under ``torchrun`` every rank trains on
-    its own batch order and rank 0 saves the model.
+    its own batch order and rank 0 saves the model. ``init`` continues training a model of
+    the same config: its weights and its z-scoring (not the dataset's) are the start.
     """
     cfg = config or FitConfig()
     device = init_distributed(resolve_device(device))
@@ -300,6 +301,11 @@ def fit_model(data: str | os.PathLike, out_dir: str | os.PathLike,
             "normalization_floored": [info.state_names[i] for i in ds.state_stats.floored]}
     seed_everything(cfg.seed)
     model = build_model(mcfg, ds.state_stats.mean, ds.state_stats.std, meta)
+    if init is not None:
+        if init.config != mcfg:
+            raise UsageError(f"init is a {init.kind} model of another config than "
+                             f"{mcfg.kind}: {init.config} vs {mcfg}")
+        model.load_state_dict(init.state_dict())
     batches = TrajectoryBatches(
         ds, cfg.batch_size, seed=cfg.seed + rank, model=model,
         context_noise=cfg.context_noise, rollout_fraction=cfg.rollout_fraction,

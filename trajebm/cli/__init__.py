@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from trajebm.cli.options import console_parser, run_command
 
-COMMANDS = ("toy", "data", "train", "rollout", "evaluate", "compare", "steer", "demo")
+COMMANDS = ("toy", "data", "train", "rollout", "evaluate", "compare", "steer", "demo", "plan")
 """The modules of :mod:`trajebm.cli`, in the order ``trajebm --help`` lists their commands."""
 
 

@@ -67,23 +67,11 @@ def render_video(info: DatasetInfo, truth: np.ndarray, predictions: dict[str, np
 
     Returns None on success, else why the video was skipped (no OpenGL or no ffmpeg).
     """
-    import imageio.v2 as imageio
-    from PIL import Image, ImageDraw
+    from trajebm.data.render import render_panels
 
     fps = max(1, round(1 / info.dt)) if info.dt else 25
-    try:
-        frames = np.concatenate(_rendered_rows(info, truth, predictions, size, slice(None)),
-                                axis=2)
-        for t, frame in enumerate(frames):
-            image = Image.fromarray(frame)
-            draw = ImageDraw.Draw(image)
-            for i, name in enumerate(["truth", *predictions]):
-                draw.text((i * size + 4, 4), f"{name}  t={t + 1}", fill=(255, 255, 255))
-            frames[t] = np.asarray(image)
-        imageio.mimsave(path, list(frames), fps=fps, macro_block_size=1)
-    except Exception as err:  # noqa: BLE001 - rendering is optional and backend-dependent
-        return f"video skipped: {type(err).__name__}: {err}"
-    return None
+    panels = {"truth": truth, **{name: p[0, 0] for name, p in predictions.items()}}
+    return render_panels(info.env_id, panels, path, size, fps, info.include_velocities)
 
 
 def render_strip(info: DatasetInfo, truth: np.ndarray, predictions: dict[str, np.ndarray],

@@ -110,10 +110,14 @@ class GaussianEnsemble(TrajectoryModel):
 
     def propose(self, cond: Tensor, *, temperature: float = 1.0, members: Tensor | None = None,
                 **_: Any) -> Tensor:
+        """A sample of each row's member (``members``, else one drawn per row); only the
+        members picked are evaluated, each on its own rows."""
         with torch.no_grad():
-            mean, logvar = self(cond)
             pick = (torch.randint(self.config.members, (len(cond),), device=cond.device)
                     if members is None else members.to(cond.device))
-            rows = torch.arange(len(cond), device=cond.device)
-            mean, logvar = mean[pick, rows], logvar[pick, rows]
+            mean = cond.new_empty(len(cond), self.config.state_dim)
+            logvar = torch.empty_like(mean)
+            for m in pick.unique().tolist():
+                rows = pick == m
+                mean[rows], logvar[rows] = self._gaussian(self.members[m], cond[rows])
             return mean + torch.exp(0.5 * logvar) * temperature**0.5 * torch.randn_like(mean)

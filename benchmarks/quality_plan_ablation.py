@@ -26,6 +26,7 @@ from trajebm.plan.dynamics import LearnedDynamics
 from trajebm.plan.episodes import goal_generator, reset_seeds, run_episodes
 from trajebm.plan.job import open_simulator
 from trajebm.plan.langevin import LangevinPlanner
+from trajebm.plan.planners import Replanning
 from trajebm.plan.tasks import TASKS
 
 VARIANTS = {
@@ -38,8 +39,11 @@ VARIANTS = {
     "horizon 12": {"horizon": 12},
     "choice by plan energy (free states believed)": {"select": "energy"},
     "model energy x10": {"model_weight": 10.0},
+    "replanning every 2 steps": {"every": 2},
+    "replanning every 4 steps": {"every": 4},
 }
-"""Each row's settings of :class:`trajebm.plan.langevin.LangevinPlanner`, over the default."""
+"""Each row's settings of :class:`trajebm.plan.langevin.LangevinPlanner` over the default
+(``every``: :class:`trajebm.plan.planners.Replanning`)."""
 
 
 def main() -> None:
@@ -49,6 +53,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--length", type=int, default=50)
+    p.add_argument("--rows", nargs="+", default=None,
+                   help="only the rows whose names contain one of these words")
     args = p.parse_args()
     configure_threads(1)
     task = TASKS[args.task]
@@ -58,12 +64,18 @@ def main() -> None:
           f"episodes, {args.model}\n")
     print("| setting | success [95% interval] | final error | self-deception | ms/step |")
     print("|---|---|---:|---:|---:|")
-    for name, settings in VARIANTS.items():
+    rows = {name: settings for name, settings in VARIANTS.items()
+            if args.rows is None or any(word in name for word in args.rows)}
+    for name, settings in rows.items():
         success, errors, gaps, times = [], [], [], []
         for seed, model in enumerate(models):
             torch.manual_seed(seed)
-            planner = LangevinPlanner(LearnedDynamics(model), task,
-                                      **{"steps": 15, "seed": seed, **settings})
+            every = settings.get("every", 1)
+            planner = LangevinPlanner(LearnedDynamics(model), task, **{
+                "steps": 15, "seed": seed,
+                **{k: v for k, v in settings.items() if k != "every"}})
+            if every > 1:
+                planner = Replanning(planner, every)
             run = run_episodes(planner, task, simulator, reset_seeds(seed, args.episodes),
                                goal_generator(seed, args.task), args.length)
             success.append(run.success.astype(float))

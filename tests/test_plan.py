@@ -21,7 +21,7 @@ from trajebm.plan.dynamics import LearnedDynamics
 from trajebm.plan.job import open_simulator
 from trajebm.plan.langevin import LangevinPlanner
 from trajebm.plan.matrix import PlanCompareConfig, compare_plans
-from trajebm.plan.planners import ACTION_DIM, CEM, MPPI, Shooting, Situation
+from trajebm.plan.planners import ACTION_DIM, CEM, MPPI, Replanning, Shooting, Situation
 from trajebm.plan.tasks import POSITION, QUATERNION, TASKS, axis_angle, quat_mul, rotation_angle
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"
@@ -188,6 +188,43 @@ def test_every_planner_reaches_the_goal_of_a_linear_system(planner_name, task_na
     assert task.success(history, goal).all()
 
 
+class Counting(MPPI):
+    """MPPI on the linear system that counts its replans."""
+
+    def __init__(self, task) -> None:
+        super().__init__(LearnedDynamics(LinearRegression()), task, horizon=4, candidates=100)
+        self.replans = 0
+
+    def act(self, now: Situation) -> np.ndarray:
+        self.replans += 1
+        return super().act(now)
+
+
+def test_replanning_every_k_steps_executes_the_plan_in_between():
+    torch.manual_seed(0)
+    task, n, every = TASKS["lift"], 2, 3
+    inner = Counting(task)
+    planner = Replanning(inner, every)
+    start = np.repeat(states_at([0.1]), n, 0)
+    goal = task.goals(start, np.random.default_rng(0))
+    history, previous, executed = start[:, None], np.zeros((n, ACTION_DIM)), []
+    planner.reset(n)
+    for t in range(9):
+        now = Situation(history, goal, start[:, POSITION.stop - 1], t, previous)
+        if t % every:
+            expected = inner.mean[:, 0].clamp(-1, 1).numpy()
+        previous = planner.act(now)
+        if t % every:
+            np.testing.assert_allclose(previous, expected)  # the plan's next action
+        executed.append(previous)
+        history = np.concatenate([history, (history[:, -1] + previous @ B.T)[:, None]], 1)
+        assert planner.prediction.shape == (n, inner.horizon, D)
+    assert inner.replans == 3  # steps 0, 3, 6
+    assert task.final_error(history, goal).max() < task.final_error(start[:, None], goal).min()
+    with pytest.raises(ValueError, match="every <= horizon"):
+        Replanning(Counting(task), 5)
+
+
 def test_the_oracle_solves_lift(simulator):
     cfg = PlanConfig(task="lift", planner="oracle", episodes=1, length=8, horizon=5, budget=32,
                      seed=3, progress=False)
@@ -302,6 +339,10 @@ BAD = {
     "horizon 0": (["--model", "fc.pt", "--horizon", "0"], "horizon must be positive"),
     "episodes 0": (["--model", "fc.pt", "--episodes", "0"], "episodes must be positive"),
     "budget -1": (["--model", "fc.pt", "--budget", "-1"], "budget must be positive"),
+    "replan every 0": (["--model", "fc.pt", "--replan-every", "0"],
+                       "replan_every must be positive"),
+    "replan past the horizon": (["--model", "fc.pt", "--horizon", "3", "--replan-every", "4"],
+                                "every <= horizon"),
     "not a hand env": (["--model", "fc.pt", "--env", "CartPole-v1"], "unknown env"),
     "models without --compare": (["--models", "fc.pt"], "--models belongs to --compare"),
     "compare unknown task": (["--compare", "--models", "fc.pt", "--tasks", "spin"],

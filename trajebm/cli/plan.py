@@ -20,7 +20,7 @@ from trajebm.plan.matrix import PlanCompareConfig, compare_plans, summary_markdo
 from trajebm.plan.online import OnlineConfig, online
 
 ONE_RUN = {"model": "--model", "task": "--task", "planner": "--planner", "seed": "--seed",
-           "video": "--no-video"}
+           "replan_every": "--replan-every", "video": "--no-video"}
 """Options of a single planning run (dest: flag)."""
 COMPARISON = {"models": "--models", "tasks": "--tasks", "planners": "--planners",
               "seeds": "--seeds", "budgets": "--budgets", "resamples": "--resamples",
@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_option(one, PlanConfig, "task")
     add_option(one, PlanConfig, "planner")
     add_option(one, PlanConfig, "seed")
+    add_option(one, PlanConfig, "replan_every")
     add_option(one, PlanConfig, "video", "--no-video",
                help="no video of the best and the worst episode")
     shared = p.add_argument_group("both modes")

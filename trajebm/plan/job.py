@@ -24,7 +24,7 @@ from trajebm.models import TrajectoryModel
 from trajebm.plan.dynamics import LearnedDynamics, SimulatorDynamics
 from trajebm.plan.episodes import DEFAULT_ENV, Episodes, goal_generator, reset_seeds, run_episodes
 from trajebm.plan.langevin import LangevinPlanner
-from trajebm.plan.planners import CEM, MPPI, Planner, RandomActions, Shooting
+from trajebm.plan.planners import CEM, MPPI, Planner, RandomActions, Replanning, Shooting
 from trajebm.plan.tasks import TASKS
 
 PLANNERS = ("mppi", "cem", "shooting", "langevin", "random", "oracle")
@@ -74,6 +74,9 @@ class PlanConfig:
     budget: int | None = None
     """Candidates (mppi, oracle), population (cem), gradient steps (shooting) or Langevin
     steps (langevin) per control step (default: the planner's)."""
+    replan_every: int = 1
+    """Replan every k control steps, executing the last plan in between (1: every step, as
+    PDDM and PETS do; at most the horizon)."""
     workers: int = 1
     """Simulator threads."""
     exploration: float = 0.0
@@ -91,7 +94,7 @@ class PlanConfig:
                              f"{', '.join(PLANNERS)}")
         if self.exploration < 0:
             raise UsageError(f"exploration must be >= 0, got {self.exploration}")
-        for name in ("episodes", "length", "horizon", "budget", "workers"):
+        for name in ("episodes", "length", "horizon", "budget", "replan_every", "workers"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"{name} must be positive, got {value}")
@@ -102,7 +105,10 @@ def make_planner(name: str, cfg: PlanConfig, model: TrajectoryModel | None, simu
     """The planner ``name`` over ``model`` (or the simulator, for the oracle), sized by cfg;
     UsageError for a combination that cannot plan."""
     try:
-        return _planner(name, cfg, model, simulator)
+        planner = _planner(name, cfg, model, simulator)
+        if cfg.replan_every > 1 and name != "random":
+            planner = Replanning(planner, cfg.replan_every)
+        return planner
     except UsageError:
         raise
     except ValueError as err:  # a planner's own check of its sizes

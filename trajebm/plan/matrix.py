@@ -423,9 +423,10 @@ def plot_budgets(summary: dict[str, Any], path: Path) -> None:
     rows without a budget (random) as dashed lines."""
     plt = pyplot()
     tasks = list(summary["rows"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks) + 2.5, 3.8),
-                             squeeze=False)
     names = list(dict.fromkeys(n for rows in summary["rows"].values() for n in rows))
+    legend_rows = (len(names) + 1) // 2
+    fig, axes = plt.subplots(1, len(tasks), squeeze=False,
+                             figsize=(max(4.2 * len(tasks), 7.0), 3.8 + 0.2 * legend_rows))
     colors = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors
     color = {n: colors[i % len(colors)] for i, n in enumerate(names)}
     for ax, task in zip(axes[0], tasks, strict=True):
@@ -445,9 +446,9 @@ def plot_budgets(summary: dict[str, Any], path: Path) -> None:
         ax.set_xticks(summary["budgets"], [str(b) for b in summary["budgets"]])
         ax.minorticks_off()
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="center right")
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=2)
     fig.suptitle(f"median over {summary['seeds']} seeds, 95% interval (budget: candidates, "
                  f"population, gradient or Langevin steps)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1 - 2.4 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, (0.2 * legend_rows + 0.1) / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -14,6 +14,7 @@ plan expects (E, H, D), original units.
   predictions (Adam on tanh-squashed actions).
 * :class:`LangevinPlanner` — the energy's own (in ``trajebm.plan.langevin``).
 * :class:`RandomActions` — uniform random actions: the lower bound.
+* :class:`Replanning` — any of them replanning only every k steps (an ablation).
 """
 
 from __future__ import annotations
@@ -241,9 +242,37 @@ class Shooting(SamplingPlanner):
         return self.finish(now)
 
 
+class Replanning(Planner):
+    """A planner that replans every ``every`` control steps and executes its last plan in
+    between (PDDM and PETS replan every step; fewer replans cost less and react later)."""
+
+    def __init__(self, inner: SamplingPlanner, every: int) -> None:
+        if not 1 <= every <= inner.horizon:
+            raise ValueError(f"replanning every {every} steps needs 1 <= every <= horizon "
+                             f"({inner.horizon})")
+        self.inner, self.every = inner, every
+        self.name, self.horizon = inner.name, inner.horizon
+
+    def reset(self, episodes: int) -> None:
+        self.inner.reset(episodes)
+
+    def act(self, now: Situation) -> np.ndarray:
+        if now.step % self.every == 0:
+            action = self.inner.act(now)
+            self.prediction = self.inner.prediction
+            return action
+        # the plan's next step (the inner planner shifted its plan after acting)
+        action = self.inner.mean[:, 0].clamp(-1.0, 1.0).numpy().astype(np.float64)
+        self.inner.shift()
+        # what the plan expects from here on; past its end, its last state
+        self.prediction = np.concatenate([self.prediction[:, 1:], self.prediction[:, -1:]], 1)
+        return action
+
+
 def budget_of(planner: Planner) -> int:
     """The planner's budget per control step, for figures: candidates x iterations (MPPI,
     CEM), gradient steps x restarts (shooting), Langevin steps x chains."""
+    planner = getattr(planner, "inner", planner)
     for a, b in (("candidates", "iterations"), ("population", "iterations"),
                  ("iterations", "restarts"), ("steps", "chains")):
         if hasattr(planner, a) and hasattr(planner, b):

@@ -1,10 +1,11 @@
 """Score a run's samples against held-out data: FID/IS, or domain scores for tiny domains.
 
 Natural images (CIFAR-10, SVHN, ImageNet, DTD) use Inception-v3 features from the local
-pytorch-fid weight file (:func:`imagebm.metrics.load_inception`). Digits, MNIST and dSprites
-use a small domain classifier trained once per dataset/size/label (cached under the data root's
-``classifiers/``): a Fréchet distance on its features, an IS analogue on its class
-probabilities and, for conditional samples, how often it recognises the conditioning label.
+pytorch-fid weight file (:func:`imagebm.metrics.load_inception`). Digits, MNIST (full, or
+mnist5k) and dSprites use a small domain classifier trained once per dataset/size/label
+(cached under the data root's ``classifiers/``): a Fréchet distance on its features, an IS
+analogue on its class probabilities and, for conditional samples, how often it recognises the
+conditioning label.
 Domain numbers rank models on one domain only; they are not comparable with published FID/IS.
 Every score comes with its floor: the same score for held-out data of the same size.
 """
@@ -31,7 +32,7 @@ from imagebm.train import load_image_run
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import write_json
 
-DOMAIN_DATASETS = ("digits", "mnist", "dsprites", "dsprites-procedural")
+DOMAIN_DATASETS = ("digits", "mnist", "mnist5k", "dsprites", "dsprites-procedural")
 CLASSIFIER_FACTOR = "shape"
 
 

@@ -149,7 +149,8 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | os.PathLike,
                                       labels is not None, aux, seed)
     out.mkdir(parents=True, exist_ok=True)
     dataset = {"name": data.name, "train_images": len(data.images),
-               "num_classes": data.num_classes, "class_names": data.class_names}
+               "num_classes": data.num_classes, "class_names": data.class_names,
+               "split_seed": data.split_seed}
     if rank == 0:
         write_run_info(out, cfg, seed, model=mcfg, dataset=dataset, device=str(device),
                        data_root=data_root)

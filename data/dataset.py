@@ -207,7 +207,19 @@ def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
         "git_commit": info.git_commit,
         "minari_version": info.minari_version,
         "normalization_floored": [info.state_names[i] for i in floored],
+        "randomize": dict(info.randomize or {}),
+        "actuation_noise": info.actuation_noise or 0.0,
     }
+
+
+def _format_hidden(randomize: dict[str, tuple[float, float]], noise: float) -> str:
+    """The hidden physics of ``dataset_info`` on one line."""
+    parts = [f"{name} x{low:g}..{high:g}" for name, (low, high) in randomize.items()]
+    if parts:
+        parts[-1] += " (log-uniform per episode)"
+    if noise:
+        parts.append(f"actuation noise sigma={noise:g}")
+    return ", ".join(parts) or "none"
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -230,5 +242,6 @@ def format_info(info: dict[str, Any]) -> str:
         "minari format": info["minari_version"],
         "near-constant": ", ".join(info["normalization_floored"]) or "none (no dim hits the "
                          "z-score floor)",
+        "hidden": _format_hidden(info["randomize"], info["actuation_noise"]),
     }
     return "\n".join(f"{key + ':':<15}{value}" for key, value in lines.items())

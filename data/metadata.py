@@ -1,8 +1,9 @@
 """A dataset's ``metadata.json``, typed: what was collected, how, and the state layout.
 
 The file holds minari's keys (dataset id, totals, spaces, env spec) and trajebm's own under
-``"trajebm"`` (env id, state names, velocities, time step, policy, seeds, versions, and for a
-shard its block of episodes). :class:`DatasetInfo` is what readers use: ``read_info(path)``,
+``"trajebm"`` (env id, state names, velocities, time step, policy, seeds, versions, for a
+shard its block of episodes, and for a collection with hidden physics its ranges under
+``hidden_physics``). :class:`DatasetInfo` is what readers use: ``read_info(path)``,
 ``TrajectoryDataset(path).info``. This module is also the one place that writes and edits the
 JSON document (collection, synthetic data, merged shards), so its layout is defined here.
 Datasets written by every earlier trajebm read unchanged.
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trajebm.data import storage
+from trajebm.data.randomize import hidden_metadata
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import git_commit, jsonable, package_versions
 
@@ -88,6 +90,11 @@ class DatasetInfo:
     """Seconds per step (per action) in the env."""
     n_substeps: int | None = None
     shard: ShardInfo | None = None
+    randomize: Mapping[str, tuple[float, float]] | None = None
+    """Hidden physics: each randomised parameter's factor range (low, high), drawn per episode
+    (log-uniform); None for nominal physics."""
+    actuation_noise: float | None = None
+    """Std of the hidden noise on executed actions; None if there was none."""
     document: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -104,6 +111,7 @@ class DatasetInfo:
             return entry[key]
 
         shard = own.get("shard")
+        hidden = own.get("hidden_physics") or {}
         return cls(
             dataset_id=need(document, "dataset_id"), env_id=need(own, "env_id", "trajebm."),
             state_names=tuple(need(own, "state_names", "trajebm.")),
@@ -119,7 +127,9 @@ class DatasetInfo:
             collection=dict(own.get("collection") or {}),
             versions=dict(own.get("versions") or {}), git_commit=own.get("git_commit"),
             dt=own.get("dt"), n_substeps=own.get("n_substeps"),
-            shard=ShardInfo(**shard) if isinstance(shard, Mapping) else None, document=document)
+            shard=ShardInfo(**shard) if isinstance(shard, Mapping) else None,
+            randomize={k: tuple(v) for k, v in (hidden.get("randomize") or {}).items()} or None,
+            actuation_noise=hidden.get("actuation_noise") or None, document=document)
 
     @property
     def simulator_versions(self) -> dict[str, str]:
@@ -182,6 +192,8 @@ def collection_document(cfg: CollectConfig, env: Any, manifest: dict[str, Any],
             "git_commit": git_commit(),
         },
     }
+    if cfg.randomize or cfg.actuation_noise:
+        doc[OWN]["hidden_physics"] = hidden_metadata(cfg.randomize, cfg.actuation_noise)
     if shard is not None:
         doc[OWN]["shard"] = {"index": shard[0], "count": shard[1], "first": ids.start,
                              "stop": ids.stop}

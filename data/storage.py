@@ -2,7 +2,8 @@
 
 Layout (as minari 0.5 writes it): one ``episode_{i}`` group per episode holding
 ``observations`` (T+1, D), ``actions`` (T, A), ``rewards``, ``terminations`` and
-``truncations`` (T,), with attributes ``id``, ``seed`` and ``total_steps``. The metadata
+``truncations`` (T,), with attributes ``id``, ``seed``, ``total_steps`` and ``goal`` (and, in
+a collection with hidden physics, one ``physics.NAME`` attribute per drawn factor). The metadata
 holds the serialised spaces, ``dataset_id``, ``minari_version``, totals, the env spec and
 our own provenance under the ``"trajebm"`` key. Files are byte-for-byte reproducible: no
 HDF5 timestamps, fixed object order.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ PARTIAL_DIR = ".partial"
 """Where a collection keeps its finished chunks until it is done (``DIR/.partial/``)."""
 MANIFEST_FILE = "collect.json"
 """The settings of an unfinished collection, in :data:`PARTIAL_DIR` (what resume must match)."""
+PHYSICS_ATTR = "physics."
+"""Prefix of an episode group's hidden-physics factor attributes (``physics.object_mass``)."""
 DATASET_ID_RE = re.compile(r"^(?:[-_\w][-_\w/]*[-_\w]+/)?[-_\w]+?(?:-v\d+)?$")
 
 
@@ -45,6 +48,8 @@ class Episode:
     actions: np.ndarray
     rewards: np.ndarray
     goal: np.ndarray
+    physics: dict[str, float] = field(default_factory=dict)
+    """Hidden physics factors of the episode (:mod:`trajebm.data.randomize`); none if empty."""
 
     @property
     def length(self) -> int:
@@ -59,6 +64,8 @@ def write_group(file: h5py.File, ep: Episode) -> None:
     group.attrs["seed"] = ep.seed
     group.attrs["total_steps"] = ep.length
     group.attrs["goal"] = ep.goal
+    for name in sorted(ep.physics):
+        group.attrs[PHYSICS_ATTR + name] = ep.physics[name]
     truncations = np.zeros(ep.length, dtype=bool)
     truncations[-1] = True
     for key, value in (
@@ -91,10 +98,17 @@ def read_episodes(path: Path) -> list[Episode]:
                 id=int(g.attrs["id"]), seed=int(g.attrs["seed"]),
                 observations=g["observations"][()], actions=g["actions"][()],
                 rewards=g["rewards"][()], goal=np.asarray(g.attrs["goal"]),
+                physics=episode_physics(g),
             )
             for g in file.values()
         ]
     return sorted(episodes, key=lambda ep: ep.id)
+
+
+def episode_physics(group: h5py.Group) -> dict[str, float]:
+    """The hidden physics factors recorded on an episode group (empty if none)."""
+    return {key[len(PHYSICS_ATTR):]: float(value) for key, value in group.attrs.items()
+            if key.startswith(PHYSICS_ATTR)}
 
 
 def merge_episode_files(parts: list[Path], out: Path) -> None:

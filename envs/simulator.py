@@ -13,6 +13,8 @@ MuJoCo steps per action, its control mapping) but outside gymnasium:
   ``env.reset(seed)``).
 
 All of them equal stepping the gymnasium env (tested), whatever the number of workers.
+:meth:`Simulator.rollout` and :meth:`Simulator.closed_loop` also take one ``MjModel`` per
+episode (copies of the env's with other parameters, e.g. hidden physics in collection).
 """
 
 from __future__ import annotations
@@ -105,12 +107,13 @@ class Simulator:
             full[i, self._qvel_at : self._qvel_at + nv] = data.qvel
         return full
 
-    def rollout(self, initial: np.ndarray, warmstart: np.ndarray,
-                actions: np.ndarray) -> np.ndarray:
-        """States (B, T+1, D) from full physics states ``initial`` under ``actions`` (B, T, A)."""
+    def rollout(self, initial: np.ndarray, warmstart: np.ndarray, actions: np.ndarray,
+                models: list[mujoco.MjModel] | None = None) -> np.ndarray:
+        """States (B, T+1, D) from full physics states ``initial`` under ``actions`` (B, T, A),
+        episode i on ``models[i]`` if given (models of the env's sizes), else on the env's."""
         nsub = self.env.n_substeps
         ctrl = np.repeat(control_from_action(self.model, actions), nsub, axis=1)
-        full, _ = self._pool.rollout(self.model, self._datas, initial, ctrl,
+        full, _ = self._pool.rollout(models or self.model, self._datas, initial, ctrl,
                                      initial_warmstart=warmstart)
         full = np.concatenate([initial[:, None], full[:, nsub - 1 :: nsub]], axis=1)
         qpos = full[..., self._qpos_at : self._qpos_at + self.model.nq]
@@ -124,9 +127,11 @@ class Simulator:
         return self.rollout(self.physics_states(states), warmstart, actions[:, None])[:, 1]
 
     def closed_loop(self, initial: np.ndarray, length: int, act: Act, *,
-                    physics: bool = False) -> np.ndarray:
+                    physics: bool = False, models: list[mujoco.MjModel] | None = None
+                    ) -> np.ndarray:
         """States (B, T+1, D) from integration states ``initial`` (B, ...) over ``length``
-        steps, the actions of each step chosen by ``act`` from the states reached so far.
+        steps, the actions of each step chosen by ``act`` from the states reached so far;
+        episode i runs on ``models[i]`` if given, else on the env's model.
 
         With ``physics`` the callback also gets the batch's integration states,
         ``act(states, t, integration)``, for a policy that simulates ahead (see
@@ -135,6 +140,8 @@ class Simulator:
         from mujoco.batch import Batch
 
         batch = Batch(self.model, len(initial), nthread=self.workers)
+        if models is not None:
+            batch.set_models(models)
         batch.state[:] = initial
         qpos, qvel, ctrl = batch.bind("qpos"), batch.bind("qvel"), batch.bind("ctrl")
         states = np.empty((len(initial), length + 1, self.layout.dim))

@@ -13,7 +13,9 @@ import sys
 from trajebm.cli.options import add_option, add_options, config_from
 from trajebm.data.collection import CollectConfig
 from trajebm.data.policies import PolicyConfig
+from trajebm.data.randomize import describe_parameters, parse_randomize
 from trajebm.engine.errors import UsageError
+from trajebm.engine.settings import field_docs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +49,10 @@ def _register_collect(subparsers: argparse._SubParsersAction) -> None:
     add_option(p, PolicyConfig, "name", "--policy", metavar="POLICY")
     add_option(p, PolicyConfig, "random_every", metavar="K")
     add_option(p, PolicyConfig, "action_noise", metavar="SIGMA")
+    add_option(p, CollectConfig, "randomize", type=str, nargs=None, default=None,
+               metavar="NAME=LO:HI,...",
+               help=f"{field_docs(CollectConfig)['randomize']} Names: {describe_parameters()}.")
+    add_option(p, CollectConfig, "actuation_noise", metavar="SIGMA")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="collect only shard I of N (a contiguous block of episodes); join the "
                         "shards with `trajebm dataset merge`")
@@ -73,7 +79,9 @@ def run_collect(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard is not None else None
     if ":" in args.name and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # module:function may name a module in the cwd
-    cfg = config_from(CollectConfig, args, policy=config_from(PolicyConfig, args))
+    randomize = parse_randomize(args.randomize) if args.randomize is not None else ()
+    cfg = config_from(CollectConfig, args, policy=config_from(PolicyConfig, args),
+                      randomize=randomize)
     data_dir = collect(cfg, args.out, workers=args.workers, resume=args.resume,
                        overwrite=args.overwrite, dataset_id=args.dataset_id,
                        progress=args.progress, shard=shard)

@@ -216,3 +216,9 @@ def test_resume_with_other_hidden_physics_is_refused(whole, tmp_path, monkeypatc
     assert status == 2 and "other settings" in err and err.count("\n") == 1
     collect(CFG, out, resume=True, progress=False)
     assert main_bytes(out) == main_bytes(whole)
+
+
+def test_minari_reads_a_randomised_dataset(whole):
+    minari = pytest.importorskip("minari")
+    ds = minari.MinariDataset(whole / "data")
+    assert ds.total_episodes == CFG.episodes and ds[3].observations.shape == (CFG.length + 1, 31)

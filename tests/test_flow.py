@@ -91,6 +91,8 @@ def test_save_load_gives_identical_samples(bimodal_flow, tmp_path):
     torch.manual_seed(3)
     b = loaded.propose(cond)
     assert torch.equal(a, b)
+    with pytest.raises(UsageError, match=">= 1 integration steps"):
+        loaded.propose(cond, steps=0)
 
 
 def test_config_checks_and_variants():

@@ -17,7 +17,7 @@ from trajebm.fit import FitConfig, TrajectoryBatches, collapse_message, fit_mode
 from trajebm.modelio import load_model
 from trajebm.models import MODEL_KINDS, build_model, model_config
 from trajebm.rollout import predict_rollouts
-from trajebm.variants import paper_settings, variant_config
+from trajebm.variants import VARIANTS, paper_settings, variant_config
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +165,19 @@ def test_training_options_train_save_and_load(root, tmp_path, spec):
     info = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
     assert info["context_noise"] == cfg.context_noise
     assert info["rollout_fraction"] == cfg.rollout_fraction
+
+
+@pytest.mark.parametrize("name", VARIANTS.names())
+def test_every_variant_resumes_exactly(root, tmp_path, name):
+    """Stopped after 3 steps and resumed to 6, a run ends with the unbroken run's weights."""
+    tiny = {**TINY, "checkpoint_every": 3}
+    unbroken = fit_model(small_dataset(root), tmp_path / "a", variant_config(f"{name}:steps=6",
+                                                                              tiny))
+    fit_model(small_dataset(root), tmp_path / "b", variant_config(f"{name}:steps=3", tiny))
+    resumed = fit_model(small_dataset(root), tmp_path / "b",
+                        variant_config(f"{name}:steps=6", tiny), resume=True)
+    for a, b in zip(unbroken.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_context_noise_perturbs_the_context_only(root):

@@ -134,10 +134,11 @@ def predict_rollouts(
 
     ``context`` (batch, >=k, D) in original units; ``actions`` (batch, >=horizon, A) for
     action-conditional models (a_t follows the last context state), None otherwise.
-    ``langevin_steps``/``temperature`` tune EBM sampling (temperature scales the ensemble's
-    variance); ``extra_energy(states (N, D) original units, step) -> (N,)`` is added to the
-    EBM's energy, N = batch * samples rows ordered batch-major. Returns a numpy array when
-    ``context`` is one, else a CPU tensor. A ``seed`` makes the result reproducible. The
+    ``langevin_steps``/``temperature`` tune EBM sampling (for a flow: its ODE steps and the
+    variance of its noise; temperature scales the ensemble's variance);
+    ``extra_energy(states (N, D) original units, step) -> (N,)`` is added to the EBM's energy,
+    N = batch * samples rows ordered batch-major. Returns a numpy array when ``context`` is
+    one, else a CPU tensor. A ``seed`` makes the result reproducible. The
     model is left on its device and in its train/eval mode. ``compile`` (True or a
     ``torch.compile`` mode such as ``"reduce-overhead"`` for CUDA graphs) runs the EBM's
     Langevin steps compiled: the same chains to float rounding, faster after a compilation of
@@ -259,7 +260,8 @@ class RolloutConfig:
     split: str = "test"
     """train | val | test | all, of the split the model was trained on."""
     langevin_steps: int | None = None
-    """EBM sampler steps per predicted state (default: as trained)."""
+    """Sampler steps per predicted state: an EBM's Langevin steps, a flow's ODE steps
+    (default: as trained)."""
     temperature: float = 1.0
     """Sampler temperature (for the ensemble: the variance's factor)."""
     seed: int = 0

@@ -20,6 +20,7 @@ from trajebm.models import (
     EBMConfig,
     EnsembleConfig,
     FCConfig,
+    FlowConfig,
     ModelConfig,
 )
 
@@ -58,6 +59,8 @@ _variant("ebm-paper", EBMConfig(), paper=True)
 _variant("ebm-proposal", EBMConfig(proposal=True, init_noise=0.1))
 _variant("ebm-dsm", DSMConfig())
 _variant("ebm-dsm-uncond", DSMConfig(conditional=False))
+_variant("flow", FlowConfig())
+_variant("flow-uncond", FlowConfig(conditional=False))
 _variant("fc", FCConfig())
 _variant("fc-paper", FCConfig(residual=False))
 _variant("ensemble", EnsembleConfig())

@@ -16,7 +16,8 @@ class EvalConfig:
     samples: int = 4
     """Samples per test context (a deterministic model gets one)."""
     langevin_steps: int | None = None
-    """EBM sampler steps per predicted state (default: as trained)."""
+    """Sampler steps per predicted state: an EBM's Langevin steps, a flow's ODE steps
+    (default: as trained)."""
     max_episodes: int | None = None
     """Use at most N test episodes."""
     physics_episodes: int = 32

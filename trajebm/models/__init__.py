@@ -1,10 +1,10 @@
 """Trajectory models, one config per kind, behind one interface (:class:`TrajectoryModel`).
 
 Kinds: ``ebm`` (the paper's EBM, contrastive divergence), ``dsm`` (a noise-conditioned EBM,
-denoising score matching), ``fc`` (feed-forward regression) and ``ensemble`` (a probabilistic
-ensemble, PETS). They are pure ``nn.Module``s: saving and loading live in
-:mod:`trajebm.modelio`, the rollout loop in :mod:`trajebm.rollout`, training in
-:mod:`trajebm.fit`.
+denoising score matching), ``flow`` (conditional flow matching), ``fc`` (feed-forward
+regression) and ``ensemble`` (a probabilistic ensemble, PETS). They are pure ``nn.Module``s:
+saving and loading live in :mod:`trajebm.modelio`, the rollout loop in :mod:`trajebm.rollout`,
+training in :mod:`trajebm.fit`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from trajebm.models.base import DEFAULT_SPLIT, ModelConfig, TrajectoryModel
 from trajebm.models.baselines import EnsembleConfig, FCConfig, FeedForward, GaussianEnsemble
 from trajebm.models.dsm import DenoisingEBM, DSMConfig
 from trajebm.models.ebm import EBMConfig, TrajectoryEBM, ZEnergy, paper_sampler
+from trajebm.models.flow import FlowConfig, FlowMatching
 
 MODEL_CLASSES: dict[str, tuple[type[ModelConfig], type[TrajectoryModel]]] = {
     "ebm": (EBMConfig, TrajectoryEBM), "dsm": (DSMConfig, DenoisingEBM),
-    "fc": (FCConfig, FeedForward), "ensemble": (EnsembleConfig, GaussianEnsemble)}
+    "flow": (FlowConfig, FlowMatching), "fc": (FCConfig, FeedForward),
+    "ensemble": (EnsembleConfig, GaussianEnsemble)}
 """Each kind's config and model class."""
 MODEL_KINDS = tuple(MODEL_CLASSES)
 
@@ -45,7 +47,8 @@ def build_model(config: ModelConfig, state_mean: np.ndarray | None = None,
 
 __all__ = [
     "DEFAULT_SPLIT", "MODEL_CLASSES", "MODEL_KINDS", "DSMConfig", "DenoisingEBM", "EBMConfig",
-    "EnsembleConfig", "FCConfig", "FeedForward", "GaussianEnsemble", "ModelConfig",
+    "EnsembleConfig", "FCConfig", "FeedForward", "FlowConfig", "FlowMatching",
+    "GaussianEnsemble", "ModelConfig",
     "TrajectoryEBM", "TrajectoryModel", "ZEnergy", "build_model", "model_config",
     "paper_sampler",
 ]

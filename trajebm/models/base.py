@@ -132,10 +132,10 @@ class TrajectoryModel(nn.Module):
                 compile: bool | str = False) -> Tensor:
         """One sampled z-scored proposal ``(N, segment * D)`` per condition row.
 
-        ``steps``/``temperature`` tune an EBM's sampler (temperature also scales the
-        ensemble's variance), ``extra(x, cond)`` is an energy added to an EBM's, ``members``
-        picks the ensemble member of each row, ``compile`` runs a contrastive EBM's Langevin
-        steps compiled. Each kind ignores what does not apply to it.
+        ``steps``/``temperature`` tune an EBM's sampler or a flow's ODE (temperature also
+        scales the ensemble's variance), ``extra(x, cond)`` is an energy added to an EBM's,
+        ``members`` picks the ensemble member of each row, ``compile`` runs a contrastive EBM's
+        Langevin steps compiled. Each kind ignores what does not apply to it.
         """
         raise NotImplementedError
 

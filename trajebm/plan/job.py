@@ -20,7 +20,7 @@ import torch
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import atomic_write_bytes, write_json, write_run_info
 from trajebm.modelio import load_model
-from trajebm.models import TrajectoryModel
+from trajebm.models import FeedForward, GaussianEnsemble, TrajectoryModel
 from trajebm.plan.dynamics import LearnedDynamics, SimulatorDynamics
 from trajebm.plan.episodes import DEFAULT_ENV, Episodes, goal_generator, reset_seeds, run_episodes
 from trajebm.plan.langevin import LangevinPlanner
@@ -29,7 +29,8 @@ from trajebm.plan.tasks import TASKS
 
 PLANNERS = ("mppi", "cem", "shooting", "langevin", "random", "oracle")
 """Planner names; ``oracle`` is MPPI on the true simulator and needs no model."""
-BEST_PLANNER = {"ebm": "langevin", "dsm": "langevin", "fc": "mppi", "ensemble": "mppi"}
+BEST_PLANNER = {"ebm": "langevin", "dsm": "langevin", "flow": "mppi", "fc": "mppi",
+                "ensemble": "mppi"}
 """The planner a model kind gets when none is named."""
 BUDGET = {"mppi": "candidates", "oracle": "candidates", "cem": "population",
           "shooting": "iterations", "langevin": "steps"}
@@ -137,9 +138,10 @@ def _planner(name: str, cfg: PlanConfig, model: TrajectoryModel | None, simulato
     if name == "cem":
         return CEM(LearnedDynamics(model, particles=CEM_PARTICLES), task, **sizes)
     if name == "shooting":
-        if model.energy_based:
+        if not isinstance(model, FeedForward | GaussianEnsemble):
+            other = "langevin" if model.energy_based else "mppi or cem"
             raise UsageError(f"shooting differentiates a regression model's predictions; "
-                             f"the {model.kind} model samples them (use langevin)")
+                             f"the {model.kind} model samples them (use {other})")
         return Shooting(LearnedDynamics(model, particles=members), task, **sizes)
     if not model.energy_based:
         raise UsageError(f"Langevin planning needs an energy; the {model.kind} model has none "

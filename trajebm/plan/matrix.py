@@ -68,8 +68,8 @@ class PlanCompareConfig:
     """Tasks to plan: rotate | pose | move | lift."""
     planners: tuple[str, ...] | None = None
     """Planners for every model (mppi | cem | shooting | langevin); default: each model kind's
-    best. A pair that cannot work (langevin without an energy, shooting on an energy) is
-    skipped and listed."""
+    best. A pair that cannot work (langevin without an energy, shooting without a regression
+    model) is skipped and listed."""
     seeds: int = 5
     """Run seeds 0..N-1 (resets, goals, planner noise; a {seed} pattern's model)."""
     episodes: int = 30

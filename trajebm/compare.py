@@ -7,8 +7,11 @@ settings every variant starts from are ``CompareConfig.base`` (``--base key=valu
 lives in ``OUT/<variant>/seed<s>/`` (a ``trajebm train`` run folder plus ``eval.npz``, its
 predictions and per-start scores); a run whose files exist is reused, so an interrupted
 comparison resumes where it stopped. The report: ``summary.json``, ``summary.md`` (a table of
-medians with 95% intervals, and the probability that one variant beats another across seeds)
-and ``fd.png`` (FD over the horizon, median and interval band per variant).
+medians with 95% intervals, and the probability that one variant beats another across seeds),
+``scores.md`` (the same for the proper scores per start of :mod:`trajebm.evaluate.scores`;
+they are in ``summary.json`` under each variant's ``scores`` and ``score_poi``), ``fd.png`` (FD
+over the horizon, median and interval band per variant) and ``calibration.png`` (observed vs
+nominal coverage of the samples' central intervals).
 """
 
 from __future__ import annotations
@@ -41,10 +44,15 @@ from trajebm.evaluate import (
     TestSet,
     check_fd_size,
     floor_groups,
+    format_interval,
     load_test_set,
     physics_checker,
+    plot_calibration,
     predict_test,
     score_predictions,
+    score_summary,
+    scores_markdown,
+    starts_scored,
 )
 from trajebm.fit import FitConfig, fit_model
 from trajebm.modelio import MODEL_FILE, load_model
@@ -211,7 +219,10 @@ def compare(data: str | os.PathLike, specs: list[str], out_dir: str | os.PathLik
     summary = summarize(out, specs, names, cfg, test)
     write_json(out / "summary.json", summary)
     atomic_write_bytes(out / "summary.md", summary_markdown(summary).encode())
+    atomic_write_bytes(out / "scores.md", scores_summary_markdown(summary).encode())
     plot_bands(summary, out / "fd.png")
+    plot_calibration({spec: entry["scores"]["calibration"]
+                      for spec, entry in summary["variants"].items()}, out / "calibration.png")
     return summary
 
 
@@ -279,6 +290,9 @@ def summarize(out: Path, specs: list[str], names: dict[str, str], cfg: CompareCo
     for spec in specs:
         entry = {"folder": names[spec],
                  **_variant_summary(runs[spec], truth, groups, steps, band_steps, cfg)}
+        entry["scores"] = score_summary([starts_scored(r["pred"], truth, groups)
+                                         for r in runs[spec]],
+                                        runs[spec][0]["pred"].shape[1], resamples=cfg.resamples)
         result["variants"][spec] = entry
     per_seed_fd = {spec: result["variants"][spec][f"fd@{steps[-1]}"]["per_seed"]
                    for spec in specs}
@@ -287,13 +301,19 @@ def summarize(out: Path, specs: list[str], names: dict[str, str], cfg: CompareCo
                                           resamples=cfg.resamples).as_dict()
             for b in specs if b != a} for a in specs}
     result["poi_metric"] = f"fd@{steps[-1]}"
+    result["score_poi"] = _score_poi(result["variants"], cfg.resamples)
     return result
 
 
-def _cell(entry: dict[str, float] | None) -> str:
-    if entry is None:
-        return "–"
-    return f"{entry['value']:.3g} [{entry['low']:.3g}, {entry['high']:.3g}]"
+def _score_poi(variants: dict[str, Any], resamples: int) -> dict[str, Any]:
+    """P(the row's energy score is lower than the column's) across seeds, at each report step
+    and over the trajectory."""
+    first = next(iter(variants.values()))["scores"]
+    keys = [k for k in first if k.startswith("es@")] + ["es"]
+    return {key: {a: {b: probability_of_improvement(
+        variants[a]["scores"][key]["per_seed"], variants[b]["scores"][key]["per_seed"],
+        resamples=resamples).as_dict() for b in variants if b != a} for a in variants}
+        for key in keys}
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -315,18 +335,34 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                    for k in keys]
     lines.append("| train vs test (floor) | " + " | ".join(floor_cells) + " | – |")
     for spec, entry in variants.items():
-        cells = [_cell(entry.get(k)) for k in keys]
+        cells = [format_interval(entry.get(k)) for k in keys]
         lines.append(f"| {spec} | " + " | ".join(cells) + f" | {entry['train_seconds']:.0f} |")
-    poi = summary["probability_of_improvement"]
-    specs = list(variants)
-    lines += ["", f"Probability that the row's {summary['poi_metric']} is lower than the "
-              f"column's (across seeds; 0.5 = no difference):", "",
-              "| | " + " | ".join(specs) + " |", "|" + "---|" * (len(specs) + 1)]
+    lines += _poi_table(summary["probability_of_improvement"], summary["poi_metric"])
+    if summary.get("fd_warning"):
+        lines += ["", f"Warning: {summary['fd_warning']}."]
+    return "\n".join(lines) + "\n"
+
+
+def _poi_table(poi: dict[str, dict[str, Any]], metric: str) -> list[str]:
+    """Lines of a table of P(the row's ``metric`` is lower than the column's)."""
+    specs = list(poi)
+    lines = ["", f"Probability that the row's {metric} is lower than the column's (across "
+             f"seeds; 0.5 = no difference):", "",
+             "| | " + " | ".join(specs) + " |", "|" + "---|" * (len(specs) + 1)]
     for a in specs:
         cells = ["–" if a == b else f"{poi[a][b]['value']:.2f}" for b in specs]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    if summary.get("fd_warning"):
-        lines += ["", f"Warning: {summary['fd_warning']}."]
+    return lines
+
+
+def scores_summary_markdown(summary: dict[str, Any]) -> str:
+    """The proper scores per start as markdown (``scores.md``): medians [95% interval] per
+    variant, then P(improvement) of the energy score over the trajectory."""
+    scores = {spec: entry["scores"] for spec, entry in summary["variants"].items()}
+    lines = [f"Proper scores per start (z units; median over {summary['seeds']} seeds of the "
+             f"mean over starts [95% bootstrap interval]; lower ES and CRPS are better, "
+             f"coverage near 0.5 and 0.9 and spread_skill near 1 are calibrated):", "",
+             scores_markdown(scores), *_poi_table(summary["score_poi"]["es"], "energy score es")]
     return "\n".join(lines) + "\n"
 
 

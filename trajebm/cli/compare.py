@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from trajebm.cli.options import add_option, add_options, config_from
-from trajebm.compare import CompareConfig, compare, summary_markdown
+from trajebm.compare import CompareConfig, compare, scores_summary_markdown, summary_markdown
 from trajebm.evaluate import EvalConfig
 from trajebm.variants import VARIANTS
 
@@ -38,5 +38,6 @@ def run_compare(args: argparse.Namespace) -> int:
     cfg = config_from(CompareConfig, args, base=args.base or {}, eval=scoring)
     summary = compare(args.data, args.models, args.out, cfg, resume=args.resume)
     print(summary_markdown(summary))
+    print(scores_summary_markdown(summary))
     print(f"wrote {Path(args.out) / 'summary.md'}")
     return 0

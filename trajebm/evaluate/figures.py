@@ -29,6 +29,22 @@ def plot_fd(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_calibration(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """Observed vs nominal coverage of the samples' central intervals, per model: on the
+    diagonal when calibrated, below it when over-confident, above when too wide."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    for name, curve in curves.items():
+        ax.plot(curve["nominal"], curve["observed"], "o-", ms=3, label=name)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal coverage of the central interval",
+           ylabel="observed coverage (true coordinates inside)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_coordinates(states: np.ndarray, predictions: dict[str, np.ndarray],
                      names: list[str], k: int, path: Path) -> None:
     """A few joint and object coordinates of test episode 0: truth vs each model's samples."""

@@ -13,7 +13,13 @@ import numpy as np
 from trajebm.engine.errors import UsageError
 from trajebm.engine.runinfo import write_json, write_run_info
 from trajebm.evaluate.config import EvalConfig
-from trajebm.evaluate.figures import plot_coordinates, plot_fd, render_strip, render_video
+from trajebm.evaluate.figures import (
+    plot_calibration,
+    plot_coordinates,
+    plot_fd,
+    render_strip,
+    render_video,
+)
 from trajebm.evaluate.metrics import floor_groups
 from trajebm.evaluate.physics import physics_checker
 from trajebm.evaluate.report import summary_rows
@@ -22,6 +28,7 @@ from trajebm.evaluate.scoring import (
     check_fd_size,
     load_test_set,
     predict_test,
+    proper_scores,
     rollout_physics,
     score_predictions,
 )
@@ -54,6 +61,7 @@ def _score_models(models: dict[str, TrajectoryModel], test: TestSet, k: int, cfg
             predictions[name] = pred
             entry = score_predictions(pred, test, k, cfg,
                                       checker if model.config.conditional else None)
+            entry["scores"] = proper_scores(pred, test, k)
             entry.update(kind=model.kind, conditional=model.config.conditional,
                          rollout_seconds=round(seconds, 2),
                          train_seconds=model.meta.get("train_seconds"))
@@ -115,6 +123,8 @@ def _figures(report: dict[str, Any], test: TestSet, predictions: dict[str, np.nd
     what rendering skipped goes into ``report["frames"]`` / ``report["video"]``."""
     if cfg.plots:
         plot_fd(report, out / "fd.png")
+        plot_calibration({name: r["scores"]["calibration"]
+                          for name, r in report["models"].items()}, out / "calibration.png")
         plot_coordinates(test.states[0], predictions, test.names, k, out / "coordinates.png")
     if cfg.render:
         truth = test.states[0, k : k + cfg.horizon]

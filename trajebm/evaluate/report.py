@@ -45,3 +45,31 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(format_value(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def format_interval(entry: dict[str, float] | None) -> str:
+    """A table cell of an interval: ``value [low, high]``, a dash for a missing one."""
+    if entry is None:
+        return "–"
+    return f"{entry['value']:.3g} [{entry['low']:.3g}, {entry['high']:.3g}]"
+
+
+def score_keys(scores: dict[str, Any]) -> list[str]:
+    """The columns of the proper-score table: the state's ES at each report step and over the
+    trajectory, its CRPS at the last step and over it, coverage, spread–skill, then the hand's
+    and the object's ES over the trajectory."""
+    es_steps = [k for k in scores if k.startswith("es@")]
+    crps_last = [k for k in scores if k.startswith("crps@")][-1:]
+    keys = [*es_steps, "es", *crps_last, "crps", "coverage50", "coverage90", "spread_skill"]
+    return keys + [k for k in ("hand es", "object es") if k in scores]
+
+
+def scores_markdown(scores: dict[str, dict[str, Any]]) -> str:
+    """Proper scores per model (value [95% interval]) as a markdown table, with the meaning of
+    one-sample forecasts' scores."""
+    keys = score_keys(next(iter(scores.values())))
+    lines = ["| model | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    lines += [f"| {name} | " + " | ".join(format_interval(s.get(k)) for k in keys) + " |"
+              for name, s in scores.items()]
+    lines += [f"\n{name}: {s['note']}." for name, s in scores.items() if s.get("note")]
+    return "\n".join(lines)

@@ -26,6 +26,8 @@ from trajebm.evaluate.metrics import (
     prediction_scores,
 )
 from trajebm.evaluate.physics import physics_gaps
+from trajebm.evaluate.report import REPORT_STEPS
+from trajebm.evaluate.scores import score_summary, start_scores
 from trajebm.models import TrajectoryModel
 from trajebm.rollout import predict_rollouts, usable_horizon
 
@@ -113,3 +115,19 @@ def score_predictions(pred: np.ndarray, test: TestSet, k: int, cfg: EvalConfig,
                                cfg.physics_every)
         entry["physics_error"], entry["physics_per_start"] = float(gaps.mean()), gaps.tolist()
     return entry
+
+
+def starts_scored(pred: np.ndarray, truth: np.ndarray, groups: dict[str, np.ndarray]
+                  ) -> dict[str, np.ndarray]:
+    """Proper scores per start (:func:`~trajebm.evaluate.scores.start_scores`) of z-scored
+    predictions (n, S, H, D) against the truth (n, H, D), at the report steps."""
+    steps = sorted({min(t, pred.shape[2]) for t in REPORT_STEPS})
+    return start_scores(pred.astype(np.float64), truth.astype(np.float64), groups, steps)
+
+
+def proper_scores(pred: np.ndarray, test: TestSet, k: int) -> dict[str, Any]:
+    """Energy score, CRPS, coverage and spread–skill of rollouts (n, S, H, D) in original
+    units: means over the test starts with bootstrap intervals, and the calibration curve."""
+    norm = test.stats.normalize
+    truth = norm(test.states[:, k : k + pred.shape[2]])
+    return score_summary([starts_scored(norm(pred), truth, test.groups())], pred.shape[1])

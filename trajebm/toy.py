@@ -129,10 +129,11 @@ class ToyConfig:
     ``grid_points`` per dimension is the reference grid's resolution (1-D and 2-D data). The
     energy penalty ``alpha`` is 0.03: at 0.001, 5 of the 7 standard densities fell into the
     separating optimum E(data) = -1/(2 alpha) = -500, E(samples) = +500 (samples off the data).
-    Its price is blur: 8-11% of 8gaussians samples lie beyond 3σ of every mode. alpha 0.01 is
-    sharp there (1.7-1.9%, median of 3-5 seeds) but collapses on 2spirals, swissroll and rings,
-    even with the collapse guard; a lower sampling temperature sharpens the modes but skews
-    unequal mode weights (docs/results/trajectories.md, "Toy densities: no collapse, no blur").
+    Its price is blur: 9% of 8gaussians samples (14% for unequal mode weights; medians of 3
+    seeds) lie beyond 3σ of every mode. alpha 0.01 is sharp there (1.9%, 1.7%) but collapses
+    on 2spirals, swissroll and rings, even with the collapse guard; a lower sampling temperature
+    sharpens the modes but skews unequal mode weights (docs/results/trajectories.md, "Toy
+    densities: no collapse, no blur").
     """
 
     num_train: int = 20000

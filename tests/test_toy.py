@@ -15,12 +15,14 @@ from trajebm.toy import (
     DENSITIES,
     ToyConfig,
     ToyResult,
+    Trained,
     energy_grid,
     fit_toy,
     grid_log_z,
     grid_samples,
     mode_coverage,
     sample_density,
+    score_samples,
     toy_likelihood,
 )
 
@@ -63,6 +65,19 @@ class Quadratic(torch.nn.Module):
 
     def forward(self, z, cond=None):
         return 0.5 * (z - self.center).pow(2).sum(1)
+
+
+def test_score_flags_samples_that_the_energy_separates_from_the_data():
+    # the separating optimum: samples 8 units off the data's mode, 32 nats above it
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((1000, 2)).astype(np.float32)
+    trained = Trained(Quadratic([0.0, 0.0]), torch.zeros(10, 2), {"step": 1, "rollbacks": 0}, 0.0)
+    cfg = ToyConfig(num_samples=500)
+    mean, std = np.zeros(2), np.ones(2)
+    for shift, collapsed in ((0.0, False), (8.0, True)):
+        z = torch.as_tensor(rng.standard_normal((500, 2)) + shift, dtype=torch.float32)
+        metrics = score_samples(trained, z, data, data[:500], mean, std, cfg)
+        assert metrics["collapsed"] is collapsed, metrics["energy_gap"]
 
 
 def test_grid_integrates_and_samples_a_known_density():

@@ -34,6 +34,9 @@ from trajebm.engine.train import Contrastive, ContrastiveConfig, TensorBatches, 
 
 EIGHT_GAUSSIANS_RADIUS = 2.0 * np.sqrt(2.0)
 EIGHT_GAUSSIANS_STD = 0.5 / np.sqrt(2.0)
+COLLAPSE_GAP = 25.0
+"""Mean E(samples) - E(held-out data) above this (nats) counts as collapsed: the separating
+optimum puts them 1/alpha apart (33 at alpha 0.03, 100 at 0.01); fits stay within a few nats."""
 
 
 def eight_gaussians_centers() -> np.ndarray:
@@ -126,6 +129,11 @@ class ToyConfig:
     ``grid_points`` per dimension is the reference grid's resolution (1-D and 2-D data). The
     energy penalty ``alpha`` is 0.03: at 0.001, 5 of the 7 standard densities fell into the
     separating optimum E(data) = -1/(2 alpha) = -500, E(samples) = +500 (samples off the data).
+    Its price is blur: 9% of 8gaussians samples (14% for unequal mode weights; medians of 3
+    seeds) lie beyond 3σ of every mode. alpha 0.01 is sharp there (1.9%, 1.7%) but collapses
+    on 2spirals, swissroll and rings, even with the collapse guard; a lower sampling temperature
+    sharpens the modes but skews unequal mode weights (docs/results/trajectories.md, "Toy
+    densities: no collapse, no blur").
     """
 
     num_train: int = 20000
@@ -136,6 +144,8 @@ class ToyConfig:
     """Samples drawn at the end."""
     langevin_steps: int = 200
     """Langevin steps of those samples, continuing chains of the replay buffer."""
+    sample_temperature: float = 1.0
+    """Temperature of those steps (the training chain's is 1)."""
     hidden: int = 128
     """Width of the energy MLP."""
     batch_size: int = 128
@@ -164,6 +174,8 @@ class ToyConfig:
     def __post_init__(self) -> None:
         if self.train.steps < 1:
             raise ValueError(f"steps must be positive, got {self.train.steps}")
+        if self.sample_temperature <= 0:
+            raise ValueError(f"sample_temperature must be positive, got {self.sample_temperature}")
         if self.ais_steps < 0:
             raise ValueError(f"ais_steps must be >= 0, got {self.ais_steps}")
         for name in ("ais_chains", "num_train", "num_test", "num_samples", "hidden",
@@ -224,6 +236,60 @@ class ToyResult:
     metrics: dict
 
 
+@dataclass
+class Trained:
+    """A trained toy energy on standardised data and the replay buffer's chains."""
+
+    model: MLPEnergy
+    chains: Tensor
+    summary: dict
+    seconds: float
+
+
+def train_toy(z: Tensor, out_dir: str | os.PathLike, cfg: ToyConfig) -> Trained:
+    """Train the energy on standardised points ``z`` (N×D) with the replay buffer."""
+    dim = z.shape[1]
+    low, high = float(z.min()) - 0.5, float(z.max()) + 0.5
+    torch.manual_seed(cfg.seed)
+    model = MLPEnergy(dim, cfg.hidden)
+    objective = Contrastive.build(model, cfg.sampler, cfg.contrastive, (dim,),
+                                  uniform_init(low, high, (dim,)), seed=cfg.seed)
+    trainer = Trainer(model, TensorBatches(z, batch_size=cfg.batch_size, seed=cfg.seed),
+                      objective, replace(cfg.train, seed=cfg.seed), Path(out_dir))
+    t0 = time.perf_counter()
+    summary = trainer.fit()
+    seconds = time.perf_counter() - t0
+    return Trained(model.eval(), objective.buffer.data.float(), summary, seconds)
+
+
+def draw_samples(trained: Trained, cfg: ToyConfig) -> Tensor:
+    """``num_samples`` standardised samples: buffer chains continued by the sampling chain."""
+    pick = torch.randint(len(trained.chains), (cfg.num_samples,),
+                         generator=torch.Generator().manual_seed(cfg.seed + 1))
+    return langevin(trained.model, trained.chains[pick], None, cfg.sampler,
+                    steps=cfg.langevin_steps, temperature=cfg.sample_temperature)
+
+
+def score_samples(trained: Trained, z_samples: Tensor, train: np.ndarray, test: np.ndarray,
+                  mean: np.ndarray, std: np.ndarray, cfg: ToyConfig) -> dict:
+    """Energy distances (samples, Gaussian fit, train vs test) and the energy gap."""
+    samples = (z_samples.numpy() * std + mean).astype(np.float32)
+    gauss = np.random.default_rng(cfg.seed).multivariate_normal(
+        mean, np.atleast_2d(np.cov(train, rowvar=False)), size=cfg.num_samples)
+    with torch.no_grad():
+        e_test = trained.model(torch.as_tensor((test - mean) / std, dtype=torch.float32))
+        gap = float(trained.model(z_samples).mean() - e_test.mean())
+    return {
+        "energy_distance": energy_distance(samples, test),
+        "energy_distance_gaussian_fit": energy_distance(gauss, test),
+        "energy_distance_train_vs_test": energy_distance(train[: len(test)], test),
+        "energy_gap": gap, "collapsed": gap > COLLAPSE_GAP,
+        "num_samples": len(samples), "train_seconds": round(trained.seconds, 2),
+        "train_steps": trained.summary["step"], "rollbacks": trained.summary["rollbacks"],
+        "final_loss": trained.summary.get("loss"),
+    }
+
+
 def fit_toy(train: np.ndarray, test: np.ndarray, out_dir: str | os.PathLike,
             config: ToyConfig | None = None) -> ToyResult:
     """Fit an EBM to ``train`` (N×D), draw Langevin samples, score them against ``test``.
@@ -231,40 +297,12 @@ def fit_toy(train: np.ndarray, test: np.ndarray, out_dir: str | os.PathLike,
     Data are standardised per dimension; samples come back in the original units.
     """
     cfg = config or ToyConfig()
-    out = Path(out_dir)
     mean, std = train.mean(0), train.std(0) + 1e-8
-    z = torch.as_tensor((train - mean) / std, dtype=torch.float32)
-    dim = z.shape[1]
-    low, high = float(z.min()) - 0.5, float(z.max()) + 0.5
-    torch.manual_seed(cfg.seed)
-    model = MLPEnergy(dim, cfg.hidden)
-    objective = Contrastive.build(model, cfg.sampler, cfg.contrastive, (dim,),
-                                  uniform_init(low, high, (dim,)), seed=cfg.seed)
-    train_cfg = replace(cfg.train, seed=cfg.seed)
-    trainer = Trainer(model, TensorBatches(z, batch_size=cfg.batch_size, seed=cfg.seed),
-                      objective, train_cfg, out)
-    t0 = time.perf_counter()
-    summary = trainer.fit()
-    train_seconds = time.perf_counter() - t0
-    model.eval()
-    buffer = objective.buffer
-    pick = torch.randint(len(buffer), (cfg.num_samples,),
-                         generator=torch.Generator().manual_seed(cfg.seed + 1))
-    z_samples = langevin(model, buffer.data[pick].float(), None, cfg.sampler,
-                         steps=cfg.langevin_steps)
+    trained = train_toy(torch.as_tensor((train - mean) / std, dtype=torch.float32), out_dir, cfg)
+    z_samples = draw_samples(trained, cfg)
+    metrics = score_samples(trained, z_samples, train, test, mean, std, cfg)
     samples = (z_samples.numpy() * std + mean).astype(np.float32)
-    rng = np.random.default_rng(cfg.seed)
-    gauss = rng.multivariate_normal(mean, np.atleast_2d(np.cov(train, rowvar=False)),
-                                    size=cfg.num_samples)
-    metrics = {
-        "energy_distance": energy_distance(samples, test),
-        "energy_distance_gaussian_fit": energy_distance(gauss, test),
-        "energy_distance_train_vs_test": energy_distance(train[: len(test)], test),
-        "num_samples": len(samples), "train_seconds": round(train_seconds, 2),
-        "train_steps": summary["step"], "rollbacks": summary["rollbacks"],
-        "final_loss": summary.get("loss"),
-    }
-    return ToyResult(samples, model, mean, std, metrics)
+    return ToyResult(samples, trained.model, mean, std, metrics)
 
 
 BOX_MARGIN = 1.0

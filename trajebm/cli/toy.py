@@ -22,6 +22,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"energy distance to held-out data: {metrics['energy_distance']:.4f} "
           f"(Gaussian fit: {metrics['energy_distance_gaussian_fit']:.4f}, "
           f"train vs test: {metrics['energy_distance_train_vs_test']:.4f})")
+    if metrics["collapsed"]:
+        print(f"warning: collapsed (samples {metrics['energy_gap']:.1f} nats above the held-out "
+              "data: the energy separates them; see docs/results/trajectories.md)")
     if "modes" in metrics:
         print(f"8gaussians mode weights {metrics['modes']['mode_weights']}, "
               f"outliers {metrics['modes']['outlier_fraction']:.3f}")

@@ -18,7 +18,7 @@ settings that differ only in the final sampling chain (``langevin_steps``,
 ``sample_temperature``) reuse that training. Runs are appended to ``--cache`` (JSON lines) and
 skipped when already there, so a table can be extended or reprinted.
 
-Run: ``PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality_toy_sharpness.py
+Run: ``.venv/bin/python benchmarks/quality_toy_sharpness.py
 --settings a0.03 a0.03-T0.5 --seeds 0 1 2 --cache runs/toy-sharpness.jsonl``
 (~50 s per training at 5,000 steps on one thread; ``--steps`` shortens the search).
 """

@@ -1,5 +1,5 @@
 """``imagebm continual``: class-incremental split digits / MNIST, the conditional EBM against
-fine-tuning, EWC, SI, LwF and joint training."""
+fine-tuning, EWC, SI, LwF, generative replay and joint training."""
 
 from __future__ import annotations
 
@@ -21,11 +21,14 @@ def run_continual_command(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``imagebm continual``."""
     p = subparsers.add_parser("continual", help="class-incremental split digits / MNIST: the "
-                              "conditional EBM against finetune, EWC, SI, LwF and joint")
+                              "conditional EBM against finetune, EWC, SI, LwF, generative replay "
+                              "and joint")
     add_options(p, ContinualConfig, ["preset", "methods", "seeds"])
     add_out(p, "report folder")
     add_options(p, ContinualConfig, [
-        "classes_per_task", "steps", "batch_size", "lr", "ebm_loss", "ce_weight", "ewc_lambda",
-        "ewc_gamma", "si_c", "lwf_alpha", "lwf_temperature", "data_root", "device"])
+        "classes_per_task", "steps", "batch_size", "lr", "width", "ebm_loss", "ce_weight",
+        "ebm_negatives", "ebm_train", "ewc_lambda", "ewc_gamma", "si_c", "lwf_alpha",
+        "lwf_temperature", "vae_steps", "vae_hidden", "vae_latent", "replay_targets",
+        "data_root", "device"])
     add_quiet(p)
     p.set_defaults(func=run_continual_command)

@@ -16,8 +16,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from imagebm.continual.learners import LEARNERS, Learner
-from imagebm.continual.setup import ContinualConfig, ContinualSetup, load_setup, rows_of
+from imagebm.continual.learners import (
+    EBMLearner,
+    EWCLearner,
+    JointLearner,
+    Learner,
+    LwFLearner,
+    SILearner,
+    SoftmaxLearner,
+)
+from imagebm.continual.replay import GenerativeReplayLearner
+from imagebm.continual.setup import (
+    REPLAY_METHODS,
+    ContinualConfig,
+    ContinualSetup,
+    load_setup,
+    rows_of,
+)
 from imagebm.train import to_unit
 from trajebm.engine.errors import UsageError
 from trajebm.engine.plotting import pyplot
@@ -29,6 +44,16 @@ PAPER_ACCURACY: dict[str, tuple[float, float]] = {
     "lwf": (0.2417, 0.0033), "generative replay (VAE)": (0.4004, 0.0131),
     "ebm": (0.6499, 0.0427)}
 """Split MNIST, accuracy after all 5 tasks, mean and std over 10 seeds (docs/paper.md §3)."""
+PAPER_NAMES = {"genreplay": "generative replay (VAE)"}
+"""Methods whose row in :data:`PAPER_ACCURACY` has another name."""
+LEARNERS: dict[str, type[Learner]] = {
+    "ebm": EBMLearner, "finetune": SoftmaxLearner, "ewc": EWCLearner, "si": SILearner,
+    "lwf": LwFLearner, "genreplay": GenerativeReplayLearner, "joint": JointLearner}
+
+
+def method_label(method: str) -> str:
+    """The method's name in the report, replay methods marked as such."""
+    return f"{method} (replay)" if method in REPLAY_METHODS else method
 
 
 def _evaluate(setup: ContinualSetup, learner: Learner, task: int) -> tuple[float, list[float]]:
@@ -88,6 +113,7 @@ def summarise(config: ContinualConfig, tasks: list[tuple[int, ...]],
                       "per_seed": curves.tolist()},
             "task_accuracy": [r["task_accuracy"] for r in seeds],
             "train_seconds": [r["train_seconds"] for r in seeds],
+            "replay": method in REPLAY_METHODS,
         }
     return {"config": asdict(config), "tasks": [list(t) for t in tasks],
             "seeds": list(range(config.seeds)), "methods": methods,
@@ -104,18 +130,20 @@ def report_markdown(report: dict[str, Any]) -> str:
              f"{cfg['classes_per_task']} classes, {len(report['seeds'])} seeds",
              "",
              f"{cfg['steps']} steps per task for every method. Accuracy (%) on all classes seen "
-             f"so far; mean ± std over seeds. Paper: split MNIST, 10 seeds (docs/paper.md §3).",
+             f"so far; mean ± std over seeds. Paper: split MNIST, 10 seeds (docs/paper.md §3). "
+             f"(replay): replays generated images of earlier tasks.",
              "",
              f"| method | final accuracy | paper | {head} |",
              "|---|---|---|" + "---|" * len(tasks)]
     for method, entry in report["methods"].items():
         final = entry["final_accuracy"]
-        ref = paper.get(method)
+        ref = paper.get(PAPER_NAMES.get(method, method))
         ref_text = f"{100 * ref['mean']:.2f} ± {100 * ref['std']:.2f}" if ref else "—"
         curve = " | ".join(f"{100 * v:.1f}" for v in entry["curve"]["mean"])
-        lines.append(f"| {method} | {100 * final['mean']:.2f} ± {100 * final['std']:.2f} | "
-                     f"{ref_text} | {curve} |")
-    others = [k for k in paper if k not in report["methods"]]
+        lines.append(f"| {method_label(method)} | {100 * final['mean']:.2f} ± "
+                     f"{100 * final['std']:.2f} | {ref_text} | {curve} |")
+    run = {PAPER_NAMES.get(m, m) for m in report["methods"]}
+    others = [k for k in paper if k not in run]
     for name in others:
         lines.append(f"| {name} (not run) | — | {100 * paper[name]['mean']:.2f} ± "
                      f"{100 * paper[name]['std']:.2f} |" + " — |" * len(tasks))
@@ -132,7 +160,7 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
     ax.plot(x, 100.0 / seen, "k:", label="chance")
     for method, entry in report["methods"].items():
         mean, std = np.array(entry["curve"]["mean"]), np.array(entry["curve"]["std"])
-        line, = ax.plot(x, 100 * mean, marker="o", label=method)
+        line, = ax.plot(x, 100 * mean, marker="o", label=method_label(method))
         ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), color=line.get_color(),
                         alpha=0.15)
     ax.set(xlabel="tasks seen", ylabel="accuracy on classes seen (%)", xticks=x, ylim=(0, 101),

@@ -4,7 +4,9 @@ class-conditional EBM and the softmax baselines (fine-tuning, EWC, SI, LwF, join
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +15,12 @@ from torch import Tensor, nn
 from imagebm.classify import EnergyClassifier, SoftmaxClassifier, predict
 from imagebm.continual.setup import ContinualSetup
 from imagebm.models import ImageEBM, build_model
-from imagebm.train import contrastive_objective, to_unit
-from trajebm.engine.train import LossFn, Supervised
+from imagebm.train import chain_init, contrastive_objective, to_unit
+from trajebm.engine.buffer import BufferSample, ReplayBuffer
+from trajebm.engine.train import Contrastive, LossFn, Objective, Supervised
+
+CLASS_PARAMETERS = ("in_bias", "out_gain")
+"""Names that end the EBM's per-class parameters (:class:`~imagebm.models.ModConv`'s rows)."""
 
 
 class Learner:
@@ -38,7 +44,9 @@ class Learner:
 
 
 class EBMLearner(Learner):
-    """The class-conditional EBM: per task, CD (+ optional CE) on the current classes only."""
+    """The class-conditional EBM: per task, CD (+ optional CE) on the current classes, its
+    negatives conditioned on the current classes (or every seen class, ``ebm_negatives``),
+    all weights trained (or after task 1 the per-class gains and biases only, ``ebm_train``)."""
 
     def __init__(self, setup: ContinualSetup) -> None:
         super().__init__(setup)
@@ -47,20 +55,49 @@ class EBMLearner(Learner):
     def learn(self, task: int, images: Tensor, labels: Tensor, seed: int, work: Path) -> None:
         cfg, image = self.setup.config, self.setup.image
         classes = self.setup.tasks[task]
+        if cfg.ebm_train == "class" and task > 0:
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.endswith(CLASS_PARAMETERS))
         if cfg.ebm_loss == "ce":
             softmax = current_task_cross_entropy(self.model, classes, 1.0,
                                                  image.contrastive.alpha)
-            objective = Supervised(self.model, softmax)
+            objective: Objective = Supervised(self.model, softmax)
         else:
             aux = None
             if cfg.ebm_loss == "cd+ce":
                 aux = current_task_cross_entropy(self.model, classes, cfg.ce_weight)
-            objective = contrastive_objective(self.model, image, tuple(images.shape[1:]), True,
-                                              aux, seed)
+            objective = self._contrastive(task, tuple(images.shape[1:]), aux, seed)
         self.setup.fit(self.model, objective, images, labels, seed, work)
+
+    def _contrastive(self, task: int, shape: tuple[int, ...], aux: LossFn | None,
+                     seed: int) -> Contrastive:
+        """The preset's contrastive objective; with ``ebm_negatives="seen"`` its chains are
+        conditioned on labels drawn from every class seen so far (a fresh buffer per task)."""
+        image = self.setup.image
+        if self.setup.config.ebm_negatives == "current":
+            return contrastive_objective(self.model, image, shape, True, aux, seed)
+        seen = tuple(c for t in self.setup.tasks[:task + 1] for c in t)
+        cfg = replace(image.contrastive, negatives_cond="buffer")
+        buffer = SeenClassBuffer(seen, cfg.buffer_size, shape, chain_init(image.init, shape),
+                                 cond_shape=(), cond_dtype=torch.int64, dtype=torch.uint8,
+                                 replay_prob=cfg.replay_prob, seed=seed)
+        return Contrastive(self.model, image.sampler, buffer, cfg, aux)
 
     def logits(self, images: Tensor) -> Tensor:
         return predict(EnergyClassifier(copy.deepcopy(self.model)).eval(), images)
+
+
+class SeenClassBuffer(ReplayBuffer):
+    """A replay buffer whose fresh chains take labels drawn uniformly from ``classes`` (by the
+    buffer's own generator) instead of the data batch's; replayed chains keep their own."""
+
+    def __init__(self, classes: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.classes = torch.tensor(classes, dtype=torch.int64)
+
+    def sample(self, n: int, cond: Tensor | None = None) -> BufferSample:
+        pick = torch.randint(len(self.classes), (n,), generator=self.generator)
+        return super().sample(n, self.classes[pick])
 
 
 def current_task_cross_entropy(model: ImageEBM, classes: tuple[int, ...], weight: float,
@@ -219,7 +256,3 @@ class JointLearner(SoftmaxLearner):
 
     cumulative = True
 
-
-LEARNERS: dict[str, type[Learner]] = {
-    "ebm": EBMLearner, "finetune": SoftmaxLearner, "ewc": EWCLearner, "si": SILearner,
-    "lwf": LwFLearner, "joint": JointLearner}

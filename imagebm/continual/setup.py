@@ -17,8 +17,13 @@ from trajebm.engine.device import resolve_device
 from trajebm.engine.errors import UsageError
 from trajebm.engine.train import Objective, Supervised, TensorBatches, Trainer
 
-METHODS = ("ebm", "finetune", "ewc", "si", "lwf", "joint")
+METHODS = ("ebm", "finetune", "ewc", "si", "lwf", "genreplay", "joint")
+REPLAY_METHODS = ("genreplay",)
+"""Methods that replay (generated) images of earlier tasks; the report labels them."""
 EBM_LOSSES = ("cd", "cd+ce", "ce")
+EBM_NEGATIVES = ("current", "seen")
+EBM_TRAIN = ("all", "class")
+REPLAY_TARGETS = ("hard", "soft")
 CONTINUAL_PRESETS = ("digits", "mnist5k", "mnist")
 """Names of :data:`imagebm.presets.PRESETS` whose data, backbone and sampler a run uses."""
 
@@ -35,7 +40,7 @@ class ContinualConfig:
     preset: str = "digits"
     """The data, backbone and sampler: digits | mnist5k | mnist."""
     methods: tuple[str, ...] = METHODS
-    """Any of: ebm finetune ewc si lwf joint."""
+    """Any of: ebm finetune ewc si lwf genreplay joint (genreplay replays generated images)."""
     seeds: int = 5
     """Runs seeds 0..N-1."""
     classes_per_task: int = 2
@@ -46,11 +51,22 @@ class ContinualConfig:
     """Images per step (default: the preset's)."""
     lr: float | None = None
     """Adam's learning rate (default: the preset's)."""
+    width: int | None = None
+    """The backbone's base filter count, every method's (default: the preset's: 16 for digits
+    and mnist5k, 32 for mnist)."""
     ebm_loss: str = "cd+ce"
     """The EBM's loss per task: cd (contrastive divergence) | cd+ce (plus the cross-entropy
     over the task's classes) | ce (that cross-entropy without Langevin negatives)."""
     ce_weight: float = 1.0
     """Weight of the EBM's cross-entropy over the current task's classes (cd+ce)."""
+    ebm_negatives: str = "current"
+    """The EBM's Langevin negatives are conditioned on: current (the positives' labels, the
+    current task's classes only) | seen (labels drawn uniformly from every class seen so far,
+    so old classes' energies are pushed up at their own samples too)."""
+    ebm_train: str = "all"
+    """The EBM's weights trained per task: all | class (after the first task only the per-class
+    input biases and output gains of the convs; the stem, convs, skips and head keep their
+    first-task values)."""
     ewc_lambda: float = 1000.0
     """EWC: scales the Fisher penalty lambda/2 sum F (theta - theta*)^2."""
     ewc_gamma: float = 1.0
@@ -65,6 +81,17 @@ class ContinualConfig:
     """LwF: weight of the distillation of the previous model's old-class outputs."""
     lwf_temperature: float = 2.0
     """LwF: the distillation's temperature."""
+    vae_steps: int | None = None
+    """genreplay: the VAE's training steps per task (default: steps)."""
+    vae_hidden: int | None = None
+    """genreplay: units of each of the VAE's two hidden layers (default: 400 for 28x28
+    images, 128 for 8x8)."""
+    vae_latent: int | None = None
+    """genreplay: the VAE's latent dimensions (default: 32 for 28x28 images, 16 for 8x8)."""
+    replay_targets: str = "hard"
+    """genreplay: labels of replayed images from the previous classifier: hard (its most
+    likely class among those seen before the task, cross-entropy over every class seen) |
+    soft (its softmax over those classes, distilled at temperature 2)."""
     data_root: str | None = None
     """Dataset files (mnist only)."""
     device: str = "cpu"
@@ -82,14 +109,20 @@ class ContinualConfig:
                              f"choose from {', '.join(METHODS)}")
         if len(set(self.methods)) != len(self.methods):
             raise UsageError(f"methods repeat: {' '.join(self.methods)}")
-        if self.ebm_loss not in EBM_LOSSES:
-            raise UsageError(f"unknown ebm_loss {self.ebm_loss!r}; choose from "
-                             f"{', '.join(EBM_LOSSES)}")
+        for name, choices in (("ebm_loss", EBM_LOSSES), ("ebm_negatives", EBM_NEGATIVES),
+                              ("ebm_train", EBM_TRAIN), ("replay_targets", REPLAY_TARGETS)):
+            if getattr(self, name) not in choices:
+                raise UsageError(f"unknown {name} {getattr(self, name)!r}; choose from "
+                                 f"{', '.join(choices)}")
         if self.seeds < 1 or self.steps < 1 or self.classes_per_task < 1:
             raise UsageError(f"need seeds, steps and classes_per_task >= 1, got {self.seeds}, "
                              f"{self.steps} and {self.classes_per_task}")
-        if (self.batch_size is not None and self.batch_size < 1) or self.fisher_samples < 1:
-            raise UsageError("batch_size and fisher_samples must be >= 1")
+        sizes = {"batch_size": self.batch_size, "fisher_samples": self.fisher_samples,
+                 "width": self.width, "vae_steps": self.vae_steps,
+                 "vae_hidden": self.vae_hidden, "vae_latent": self.vae_latent}
+        small = [k for k, v in sizes.items() if v is not None and v < 1]
+        if small:
+            raise UsageError(f"{', '.join(small)} must be >= 1")
         if self.lr is not None and self.lr <= 0 or self.lwf_temperature <= 0 or self.si_xi <= 0:
             raise UsageError("lr, lwf_temperature and si_xi must be positive")
         if min(self.ce_weight, self.ewc_lambda, self.si_c, self.lwf_alpha) < 0 or not (
@@ -98,10 +131,11 @@ class ContinualConfig:
                              "ewc_gamma in [0, 1]")
 
     def image_config(self) -> ImageTrainConfig:
-        """The preset with this experiment's batch size and learning rate."""
+        """The preset with this experiment's batch size, learning rate and width."""
         cfg = preset(self.preset)
         return replace(cfg, batch_size=self.batch_size or cfg.batch_size,
-                       train=replace(cfg.train, lr=self.lr or cfg.train.lr))
+                       train=replace(cfg.train, lr=self.lr or cfg.train.lr),
+                       model=replace(cfg.model, width=self.width or cfg.model.width))
 
 
 def split_tasks(num_classes: int, classes_per_task: int) -> list[tuple[int, ...]]:
@@ -137,15 +171,17 @@ class ContinualSetup:
         self.model_config = model_config(self.image, self.num_classes)
 
     def fit(self, model: nn.Module, objective: Objective, images: Tensor, labels: Tensor,
-            seed: int, work: Path) -> None:
+            seed: int, work: Path, steps: int | None = None) -> None:
         """Train ``model`` on one task's ``images`` with the engine's Trainer (a fresh Adam).
 
         Every method gets the same budget: the preset's optimiser settings with this run's
-        steps, batch size and lr. Checkpoints go to the temporary ``work`` folder (for the
-        divergence guard's rollback); a supervised loss has no energy, so no |E| limit.
+        steps (or ``steps``: a generative replay's VAE), batch size and lr. Checkpoints go to
+        the temporary ``work`` folder (for the divergence guard's rollback); a supervised loss
+        has no energy, so no |E| limit.
         """
-        train = replace(self.image.train, steps=self.config.steps, seed=seed, progress=False,
-                        snapshot_every=0, validate_every=0, checkpoint_every=self.config.steps)
+        steps = steps or self.config.steps
+        train = replace(self.image.train, steps=steps, seed=seed, progress=False,
+                        snapshot_every=0, validate_every=0, checkpoint_every=steps)
         if isinstance(objective, Supervised):
             train = replace(train, energy_limit=math.inf)
         batches = TensorBatches(images, labels, self.image.batch_size, seed=seed,

@@ -37,7 +37,10 @@ def test_split_by_class_id():
 
 @pytest.mark.parametrize("bad", [{"methods": ("ebm", "mas")}, {"methods": ()}, {"seeds": 0},
                                  {"preset": "cifar10"}, {"ebm_loss": "nce"}, {"steps": 0},
-                                 {"methods": ("ewc", "ewc")}, {"ewc_gamma": 2.0}])
+                                 {"methods": ("ewc", "ewc")}, {"ewc_gamma": 2.0},
+                                 {"ebm_negatives": "all"}, {"ebm_train": "gains"},
+                                 {"replay_targets": "logits"}, {"vae_steps": 0},
+                                 {"vae_hidden": 0}, {"vae_latent": -1}, {"width": 0}])
 def test_config_rejects_bad_settings(bad):
     with pytest.raises(UsageError):
         ContinualConfig(**bad)
@@ -99,7 +102,10 @@ def test_every_method_writes_the_report(tmp_path):
         assert [len(row) for row in entry["task_accuracy"][0]] == [1, 2, 3, 4, 5], method
     assert saved["config"]["seeds"] == 2
     assert (out / "continual.png").stat().st_size > 0
-    assert "| ebm |" in (out / "continual.md").read_text()
+    markdown = (out / "continual.md").read_text()
+    assert "| ebm |" in markdown and "| genreplay (replay) | " in markdown
+    assert "generative replay (VAE) (not run)" not in markdown and "| 40.04 ± 1.31 |" in markdown
+    assert [m for m, e in saved["methods"].items() if e["replay"]] == ["genreplay"]
     assert json.loads((out / "run.json").read_text())["config"]["steps"] == 2
     with pytest.raises(UsageError, match="already holds"):
         run_continual(tiny(methods=("finetune",)), out, progress=False)
@@ -109,15 +115,21 @@ def test_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(["continual", "--preset", "digits", "--methods", "ebm", "finetune", "--seeds",
                  "1", "--steps", "2", "--batch-size", "16", "--ebm-loss", "cd", "--out",
-                 str(out), "--quiet"])
+                 str(out), "--quiet", "--ebm-negatives", "seen", "--ebm-train", "class",
+                 "--width", "8"])
     assert code == 0
     saved = json.loads((out / RESULT_FILE).read_text())
     assert saved["config"]["ebm_loss"] == "cd" and list(saved["methods"]) == ["ebm", "finetune"]
+    assert (saved["config"]["ebm_negatives"], saved["config"]["ebm_train"]) == ("seen", "class")
+    assert json.loads((out / "run.json").read_text())["preset"]["model"]["width"] == 8
     assert "final accuracy" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args", [["--methods", "ebm", "replay"], ["--seeds", "0"],
-                                  ["--preset", "cifar10"], ["--steps", "-1"]])
+                                  ["--preset", "cifar10"], ["--steps", "-1"],
+                                  ["--ebm-negatives", "old"], ["--ebm-train", "head"],
+                                  ["--replay-targets", "mixed"], ["--vae-steps", "0"],
+                                  ["--width", "0"]])
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args):
     out = tmp_path / "never"
     assert main(["continual", "--out", str(out), "--quiet", *args]) == 2

@@ -1,10 +1,11 @@
 """Where an EBM's rollout spread comes from: its chain start or its energy.
 
-What: one trained trajectory EBM rolls out held-out starts (test episodes after the first
-``--skip``, so disjoint from the starts `trajebm compare --episodes 150` scores) with 16
-samples over 96 steps, once per setting: the sampling temperature (multiplies the Langevin
-noise variance) and the chains' start noise ``init_noise`` (U(-a, a) around the proposal head,
-z units). Prints the energy score over the rollout and at its last step, the coverage of
+What: trained trajectory EBMs roll out held-out starts with 16 samples over 96 steps, once
+per setting: the sampling temperature (multiplies the Langevin noise variance) and the chains'
+start noise ``init_noise`` (U(-a, a) around the proposal head, z units). The starts are the
+models' validation episodes (``--split val``, the default: settings chosen here are then
+scored on test starts by `trajebm compare`) or test episodes after the first ``--skip``
+(``--split test``, disjoint from the starts `trajebm compare --episodes 150` scores). Prints the energy score over the rollout and at its last step, the coverage of
 central 50% and 90% intervals and the spread–skill ratio (``trajebm.evaluate.scores``), with
 states divided by the held-out truth's spread per coordinate.
 
@@ -39,38 +40,47 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> str:
             f"{spread / error:.2f}")
 
 
+def held_out(model, data: str, split: str, skip: int, starts: int):
+    """States and actions of the model's own held-out episodes (its split, as trained)."""
+    k, own = model.config.context, model.split
+    ds = TrajectoryDataset(data, context=k, test_fraction=own["test_fraction"],
+                           seed=own["seed"], dtype="float32",
+                           val_fraction=own.get("val_fraction", 0.0))
+    first = skip if split == "test" else 0
+    states, actions = ds.trajectories(split, limit=first + starts)
+    return states[first:], actions[first:]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="run folder of an EBM")
-    p.add_argument("--data", required=True, help="the dataset it was trained on")
+    p.add_argument("--model", required=True, nargs="+", help="run folders of EBMs")
+    p.add_argument("--data", required=True, help="the dataset they were trained on")
     p.add_argument("--temperatures", type=float, nargs="*", default=[1.0])
     p.add_argument("--init-noise", type=float, nargs="*", default=[])
+    p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--skip", type=int, default=150, help="test episodes left out first")
     p.add_argument("--starts", type=int, default=150)
     p.add_argument("--horizon", type=int, default=96)
     args = p.parse_args()
     configure_threads(1)
-    model = load_model(f"{args.model}/model.pt")
-    k, own = model.config.context, model.split
-    ds = TrajectoryDataset(args.data, context=k, test_fraction=own["test_fraction"],
-                           seed=own["seed"], dtype="float32")
-    states, actions = ds.trajectories("test", limit=args.skip + args.starts)
-    states, actions = states[args.skip :], actions[args.skip :]
-    h = args.horizon
-    truth = states[:, k : k + h]
-    scale = truth.reshape(-1, truth.shape[-1]).std(0) + 1e-8
-    settings = [(t, model.config.init_noise) for t in args.temperatures]
-    settings += [(1.0, a) for a in args.init_noise]
-    print(f"{time.strftime('%Y-%m-%d')}: {args.model}, {len(states)} held-out starts x 16 "
-          f"samples x {h} steps\n")
-    print("| temperature | init noise | ES | ES@last | coverage 50% | coverage 90% | "
-          "spread-skill |\n|---|---|---|---|---|---|---|")
-    for temperature, init_noise in settings:
-        model.config.init_noise = init_noise
-        pred = predict_rollouts(model, states[:, :k], actions[:, k - 1 : k - 1 + h], h, 16,
-                                None, temperature, seed=0)
-        print(f"| {temperature:g} | {init_noise:g} | {scores(pred / scale, truth / scale)} |",
-              flush=True)
+    print(f"{time.strftime('%Y-%m-%d')}: {args.starts} {args.split} starts x 16 samples x "
+          f"{args.horizon} steps\n")
+    print("| model | temperature | init noise | ES | ES@last | coverage 50% | coverage 90% | "
+          "spread-skill |\n|---|---|---|---|---|---|---|---|")
+    for run in args.model:
+        model = load_model(f"{run}/model.pt")
+        k, h = model.config.context, args.horizon
+        states, actions = held_out(model, args.data, args.split, args.skip, args.starts)
+        truth = states[:, k : k + h]
+        scale = truth.reshape(-1, truth.shape[-1]).std(0) + 1e-8
+        settings = [(t, model.config.init_noise) for t in args.temperatures]
+        settings += [(1.0, a) for a in args.init_noise if a != model.config.init_noise]
+        for temperature, init_noise in settings:
+            model.config.init_noise = init_noise
+            pred = predict_rollouts(model, states[:, :k], actions[:, k - 1 : k - 1 + h], h,
+                                    16, None, temperature, seed=0)
+            print(f"| {run} | {temperature:g} | {init_noise:g} | "
+                  f"{scores(pred / scale, truth / scale)} |", flush=True)
 
 
 if __name__ == "__main__":

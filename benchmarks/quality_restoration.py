@@ -1,10 +1,13 @@
-"""Restoration over seeds: the EBM's fill against the mean-image and nearest-neighbour fills.
+"""Restoration over seeds: the EBM's fill against the mean-image, nearest-neighbour and k-NN
+mean fills.
 
 What: for runs of one preset (one per training seed), ``imagebm.restore.restore`` on the same
 64 test images per task (box inpainting of the bottom half, salt-and-pepper 5% + 5% with the
 mask known; label not given and given), one chain and the mean of ``--chains`` chains. Prints
 each seed's PSNR on the corrupted pixels, the median over seeds with a 95% bootstrap interval,
-and the probability that the EBM's mean-of-chains fill beats each reference across seeds.
+and the probability that the EBM's mean-of-chains fill beats each reference across seeds. The
+k-NN mean fill (``--knn-k`` neighbours, ``RestoreConfig.knn_k``) is the nonparametric estimate
+of the same posterior mean that the mean of chains estimates.
 
 Why: the paper's restoration claim, checked against references that get the same information;
 a claim that one method beats another holds across >= 5 seeds.
@@ -23,6 +26,7 @@ import torch
 from imagebm.restore import RestoreConfig, restore
 from trajebm.engine.stats import median_interval, probability_of_improvement
 
+REFERENCES = ("mean_fill", "nearest_neighbour", "knn_mean_fill")
 TASKS = (("inpaint", False), ("inpaint", True), ("saltpepper", False), ("saltpepper", True))
 
 
@@ -31,29 +35,32 @@ def main() -> None:
     p.add_argument("--runs", nargs="+", required=True, help="finished runs, one per seed")
     p.add_argument("--chains", type=int, default=16, help="chains averaged per image")
     p.add_argument("--num", type=int, default=64, help="test images per task")
+    p.add_argument("--knn-k", type=int, default=RestoreConfig.knn_k,
+                   help="neighbours averaged by the k-NN mean fill")
     args = p.parse_args()
     torch.set_num_threads(1)
     print(f"runs: {', '.join(args.runs)}; {args.num} test images; PSNR (dB) on the corrupted "
           f"pixels, median over seeds [95% interval]\n")
     print(f"| task | EBM, 1 chain | EBM, mean of {args.chains} chains | mean-image fill | "
-          f"nearest neighbour | P(EBM mean beats mean fill) | P(EBM mean beats neighbour) |")
-    print("|---|---|---|---|---|---|---|")
+          f"nearest neighbour | mean of {args.knn_k} nearest | P(EBM mean beats mean fill) | "
+          f"P(EBM mean beats neighbour) | P(EBM mean beats {args.knn_k}-NN mean) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for task, given in TASKS:
-        psnr: dict[str, list[float]] = {"one": [], "mean": [], "mean_fill": [],
-                                        "nearest_neighbour": []}
+        psnr: dict[str, list[float]] = {key: [] for key in ("one", "mean", *REFERENCES)}
         for run in args.runs:
             for chains, key in ((1, "one"), (args.chains, "mean")):
-                cfg = RestoreConfig(task=task, num=args.num, given_label=given, chains=chains)
+                cfg = RestoreConfig(task=task, num=args.num, given_label=given, chains=chains,
+                                    knn_k=args.knn_k)
                 scores = restore(run, cfg, progress=False).metrics["scores"]
                 psnr[key].append(scores["ebm"]["psnr"])
-            for ref in ("mean_fill", "nearest_neighbour"):
+            for ref in REFERENCES:
                 psnr[ref].append(scores[ref]["psnr"])
         cells = []
         for key in psnr:
             med = median_interval(np.array(psnr[key])[:, None])
             cells.append(f"{med.value:.2f} [{med.low:.2f}, {med.high:.2f}]")
         poi = [probability_of_improvement(psnr["mean"], psnr[ref], lower_is_better=False)
-               for ref in ("mean_fill", "nearest_neighbour")]
+               for ref in REFERENCES]
         name = f"{task}{', label given' if given else ''}"
         print(f"| {name} | {' | '.join(cells)} | "
               f"{' | '.join(f'{x.value:.2f} [{x.low:.2f}, {x.high:.2f}]' for x in poi)} |",

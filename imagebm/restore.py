@@ -17,13 +17,13 @@ runs: their training chain's length) unless told:
 
 A conditional run restores under the marginal energy ``-logsumexp_y -E(x, y)`` (the image's
 free energy, so it is not told the label), or under ``E(x, y_true)`` with ``given_label``. The
-two references get the same information the model gets: the training mean image (the class's
-mean with ``given_label``) and the nearest training image on the visible pixels (of the same
-class with ``given_label``) fill the masked pixels. Scores are MSE and PSNR (peak 1) on the
-masked pixels. Cross-class mapping is judged by the dataset's domain classifier
-(:func:`imagebm.evaluate.domain_classifier`; digits, MNIST and dSprites): the fraction of
-results it assigns to class b (beside the same fraction for the unchanged sources), and the
-distance to the source image.
+three references get the same information the model gets: the training mean image (the class's
+mean with ``given_label``), the nearest training image on the visible pixels and the mean of the
+``knn_k`` nearest (both among the same class with ``given_label``) fill the masked pixels. Scores
+are MSE and PSNR (peak 1) on the masked pixels. Cross-class mapping is judged by the dataset's
+domain classifier (:func:`imagebm.evaluate.domain_classifier`; digits, MNIST and dSprites): the
+fraction of results it assigns to class b (beside the same fraction for the unchanged sources),
+and the distance to the source image.
 
 ``imagebm restore --run RUN --task TASK --out DIR`` writes ``originals.npy``,
 ``corrupted.npy`` (the chains' starts), ``restored.npy``, ``masks.npy`` (1 = a pixel to fill;
@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from imagebm.classify import REFINE_STEP_SIZE, test_split
+from imagebm.datasets import ImageData
 from imagebm.evaluate import DOMAIN_DATASETS, domain_classifier
 from imagebm.grid import save_grid
 from imagebm.metrics import nearest
@@ -110,6 +111,11 @@ class RestoreConfig:
     """crossclass: target class (default: source + 1 mod K)."""
     chains: int = 1
     """Chains per image, averaged (the posterior mean; inpaint, saltpepper)."""
+    knn_k: int = 10
+    """k-NN mean reference (inpaint, saltpepper): the masked pixels of the ``knn_k`` training
+    images nearest on the visible pixels, averaged; a model-free estimate of the posterior mean
+    that ``chains`` estimates. 10 is within 0.1 dB of the best of k = 1, 3, 5, 10, 20, 50 on
+    every digits and mnist5k task; 1 is the nearest-neighbour fill."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -135,6 +141,8 @@ class RestoreConfig:
         if self.chains < 1 or (self.chains > 1 and (self.task == "crossclass" or self.blind)):
             raise UsageError(f"chains must be >= 1, and > 1 only for inpaint or salt-and-pepper "
                              f"with a known mask; got {self.chains}")
+        if self.knn_k < 1:
+            raise UsageError(f"knn_k must be >= 1, got {self.knn_k}")
         if self.task == "crossclass" and self.given_label:
             raise UsageError("crossclass conditions on the target class; given_label does not "
                              "apply")
@@ -214,22 +222,37 @@ def masked_scores(estimate: Tensor, truth: Tensor, mask: Tensor) -> dict[str, fl
     return {"mse": mse, "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12)))}
 
 
-def reference_fills(corrupted: Tensor, masks: Tensor, labels: Tensor | None, run: ImageRun,
-                    data_root: str | os.PathLike | None) -> dict[str, Tensor]:
-    """Mean-image and nearest-neighbour fills of the masked pixels (class-wise with labels)."""
-    data = load_training_data(run.config, data_root)
+def check_knn_k(k: int, train_labels: Tensor | None, num_train: int,
+                labels: Tensor | None = None) -> None:
+    """A UsageError unless 1 <= ``k`` <= the training images (of each class in ``labels``)."""
+    if not 1 <= k <= num_train:
+        raise UsageError(f"knn_k must be in 1..{num_train} (the training images), got {k}")
+    if labels is not None and train_labels is not None:
+        for y in labels.unique().tolist():
+            count = int((train_labels == y).sum())
+            if k > count:
+                raise UsageError(f"knn_k={k} exceeds the {count} training images of class {y}")
+
+
+def reference_fills(corrupted: Tensor, masks: Tensor, labels: Tensor | None, data: ImageData,
+                    num_classes: int, knn_k: int) -> dict[str, Tensor]:
+    """Mean-image, nearest-neighbour and k-NN mean fills of the masked pixels (class-wise with
+    ``labels``); the k-NN mean averages the ``knn_k`` training images nearest on the visible
+    pixels (the first of them is the nearest neighbour)."""
+    check_knn_k(knn_k, data.labels, len(data), labels)
     train = data.float()
     if labels is None:
         mean = train.mean(0, keepdim=True).expand_as(corrupted)
         allowed = None
     else:
         means = torch.stack([train[data.labels == y].mean(0) if bool((data.labels == y).any())
-                             else train.mean(0) for y in range(run.model.config.num_classes)])
+                             else train.mean(0) for y in range(num_classes)])
         mean = means[labels]
         allowed = labels[:, None] == data.labels[None, :]
-    nearest_fill = train[nearest(corrupted, train, 1, 1 - masks, allowed)[1][:, 0]]
-    return {name: torch.where(masks > 0, fill, corrupted)
-            for name, fill in (("mean_fill", mean), ("nearest_neighbour", nearest_fill))}
+    idx = nearest(corrupted, train, knn_k, 1 - masks, allowed)[1]
+    fills = (("mean_fill", mean), ("nearest_neighbour", train[idx[:, 0]]),
+             ("knn_mean_fill", train[idx].mean(1)))
+    return {name: torch.where(masks > 0, fill, corrupted) for name, fill in fills}
 
 
 def _pick(n_available: int, num: int, seed: int) -> Tensor:
@@ -386,6 +409,9 @@ def restore(run: ImageRun | str | os.PathLike, config: RestoreConfig | None = No
                                                  (m.channels, m.image_size, m.image_size))
     generator = torch.Generator().manual_seed(cfg.seed)
     c = _corrupt(cfg, run, masks, data_root, generator)
+    refs = {} if cfg.task == "crossclass" else reference_fills(  # before the chains: checks k
+        c.corrupted, c.masks, c.labels if cfg.given_label else None,
+        load_training_data(run.config, data_root), m.num_classes, cfg.knn_k)
     sampler = _sampler(run, cfg)
     restored, energy = _restored(run, cfg, c, sampler, generator, device)
     metrics: dict[str, Any] = {
@@ -396,8 +422,6 @@ def restore(run: ImageRun | str | os.PathLike, config: RestoreConfig | None = No
         metrics.update(crossclass_scores(c.originals, restored, c.labels, c.targets, run,
                                          data_root, cache_dir, progress))
     else:
-        refs = reference_fills(c.corrupted, c.masks, c.labels if cfg.given_label else None, run,
-                               data_root)
         metrics["mask_known"] = not cfg.blind
         metrics["scores"] = {name: masked_scores(x, c.originals, c.masks) for name, x in
                              (("ebm", restored), ("corrupted", c.corrupted), *refs.items())}

@@ -12,12 +12,14 @@ import torch
 from _image_fixtures import digits_classifier, tiny_digits_run
 
 from imagebm.cli import main
+from imagebm.datasets import ImageData
 from imagebm.metrics import nearest
 from imagebm.restore import (
     DEFAULT_LANGEVIN_STEPS,
     RestoreConfig,
     box_mask,
     check_mask,
+    reference_fills,
     restore,
     salt_and_pepper,
 )
@@ -48,7 +50,7 @@ def test_inpainting_never_changes_unmasked_pixels(run):
     assert not torch.equal(r.restored[~keep], r.corrupted[~keep])  # the box did move
     assert r.restored.min() >= 0 and r.restored.max() <= 1
     scores = r.metrics["scores"]
-    assert set(scores) == {"ebm", "corrupted", "mean_fill", "nearest_neighbour"}
+    assert set(scores) == {"ebm", "corrupted", "mean_fill", "nearest_neighbour", "knn_mean_fill"}
     assert r.metrics["energy"] == "-logsumexp_y -E(x, y)"
     user = torch.zeros(8, 8)
     user[::2, ::3] = 1
@@ -78,6 +80,42 @@ def test_nearest_on_visible_pixels_ignores_masked_pixels():
     assert nearest(query, train, 1, top)[1][:, 0].tolist() == [1]
     assert nearest(query, train, 1, 1 - top)[1][:, 0].tolist() == [0]
     assert nearest(query, train, 1, top, torch.tensor([[True, False]]))[1][:, 0].tolist() == [0]
+
+
+def _hand_made_training_set() -> ImageData:
+    """Six 1x1x4 images: the first two pixels (visible) rank them by distance to (0, 0), the
+    last two (masked) are what a fill copies; classes 0, 1, 0, 1, 0, 1."""
+    rows = [[0, 0, 10, 20], [10, 0, 30, 40], [20, 0, 50, 60], [30, 0, 70, 80],
+            [40, 0, 90, 100], [255, 255, 255, 255]]
+    images = torch.tensor(rows, dtype=torch.uint8).view(6, 1, 1, 4)
+    return ImageData(images, torch.tensor([0, 1, 0, 1, 0, 1]), 2, "hand-made")
+
+
+def test_knn_mean_fill_averages_the_k_nearest_on_the_masked_pixels():
+    data = _hand_made_training_set()
+    train = data.float()
+    masks = torch.tensor([0.0, 0.0, 1.0, 1.0]).view(1, 1, 1, 4)
+    corrupted = torch.tensor([0.0, 0.0, 0.5, 0.5]).view(1, 1, 1, 4)  # nearest: 0, 1, 2, ...
+    fills = reference_fills(corrupted, masks, None, data, 2, knn_k=3)
+    assert set(fills) == {"mean_fill", "nearest_neighbour", "knn_mean_fill"}
+    knn = fills["knn_mean_fill"]
+    assert torch.allclose(knn[..., 2:], train[:3, ..., 2:].mean(0, keepdim=True))
+    assert torch.equal(knn[masks == 0], corrupted[masks == 0])  # visible pixels untouched
+    assert torch.equal(fills["nearest_neighbour"][..., 2:], train[:1, ..., 2:])
+    one = reference_fills(corrupted, masks, None, data, 2, knn_k=1)
+    assert torch.equal(one["knn_mean_fill"], one["nearest_neighbour"])
+    assert torch.equal(one["nearest_neighbour"], fills["nearest_neighbour"])
+    by_class = reference_fills(corrupted.expand(2, -1, -1, -1), masks.expand(2, -1, -1, -1),
+                               torch.tensor([0, 1]), data, 2, knn_k=3)["knn_mean_fill"]
+    assert torch.allclose(by_class[0, ..., 2:], train[[0, 2, 4], ..., 2:].mean(0))
+    assert torch.allclose(by_class[1, ..., 2:], train[[1, 3, 5], ..., 2:].mean(0))
+    for k, message in ((0, "knn_k must be in 1..6"), (7, "knn_k must be in 1..6")):
+        with pytest.raises(UsageError, match=message):
+            reference_fills(corrupted, masks, None, data, 2, knn_k=k)
+    with pytest.raises(UsageError, match="exceeds the 3 training images of class 1"):
+        reference_fills(corrupted, masks, torch.tensor([1]), data, 2, knn_k=4)
+    with pytest.raises(UsageError, match="knn_k must be >= 1"):
+        RestoreConfig(knn_k=0)
 
 
 def test_saltpepper_known_and_blind(run):
@@ -124,6 +162,9 @@ def test_cli_restore_writes_arrays_figure_and_metrics(run, data_home, tmp_path, 
     (["--task", "saltpepper", "--box", "0", "0", "2", "2"], "inpaint task only"),
     (["--task", "inpaint", "--blind"], "saltpepper task only"),
     (["--task", "inpaint", "--num", "0"], "num >= 1"),
+    (["--task", "inpaint", "--knn-k", "0"], "knn_k must be >= 1"),
+    (["--task", "saltpepper", "--knn-k", "100000"], "knn_k must be in 1\\.\\.1[0-9]{3} "),
+    (["--task", "inpaint", "--given-label", "--knn-k", "1000"], "exceeds the 1[0-9]{2} training"),
 ])
 def test_cli_bad_input_exits_2_and_writes_nothing(run, tmp_path, capsys, args, message):
     np.save(tmp_path / "badshape.npy", np.ones((3, 8, 8), np.float32))

@@ -15,7 +15,9 @@ from trajebm.engine.settings import field_docs
 def summary(metrics: dict[str, Any]) -> str:
     """The scores of ``metrics.json`` as a few lines."""
     if "scores" in metrics:
-        lines = [f"  {name:<18} MSE {s['mse']:.4f}  PSNR {s['psnr']:.2f} dB"
+        k = metrics["config"]["knn_k"]
+        lines = [f"  {name + (f' (k={k})' if name == 'knn_mean_fill' else ''):<22} "
+                 f"MSE {s['mse']:.4f}  PSNR {s['psnr']:.2f} dB"
                  for name, s in metrics["scores"].items()]
         if "ebm_unmasked_mse" in metrics:
             lines.append(f"  ebm on the untouched pixels: MSE {metrics['ebm_unmasked_mse']:.4f}")
@@ -51,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_option(p, RestoreConfig, "box", nargs=4, metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"))
     p.add_argument("--mask", default=None, metavar="FILE.npy",
                    help="inpaint: 0/1 array, 1 = fill; (H, W), (C, H, W) or (N, C, H, W)")
-    add_options(p, RestoreConfig, ["blind", "given_label", "source", "target", "seed"])
+    add_options(p, RestoreConfig, ["blind", "given_label", "knn_k", "source", "target", "seed"])
     add_data_root(p)
     add_device(p)
     add_quiet(p)

@@ -42,10 +42,9 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> str:
 
 def held_out(model, data: str, split: str, skip: int, starts: int):
     """States and actions of the model's own held-out episodes (its split, as trained)."""
-    k, own = model.config.context, model.split
+    k, own = model.config.context, model.meta["split"]
     ds = TrajectoryDataset(data, context=k, test_fraction=own["test_fraction"],
-                           seed=own["seed"], dtype="float32",
-                           val_fraction=own.get("val_fraction", 0.0))
+                           seed=own["seed"], dtype="float32", val_fraction=own["val_fraction"])
     first = skip if split == "test" else 0
     states, actions = ds.trajectories(split, limit=first + starts)
     return states[first:], actions[first:]

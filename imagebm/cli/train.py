@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"digits:lr=0.003,sampler.steps=20; `imagebm presets` lists them): "
                         f"{', '.join(PRESETS)}")
     add_data_root(p, "folder holding the dataset files (not needed for digits, mnist5k, "
-                     "dsprites-16)")
+                     "dsprites-16, dsprites-32)")
     add_out(p, "run folder")
     add_option(p, TrainConfig, "steps", override=True)
     add_option(p, ImageTrainConfig, "batch_size", override=True)

@@ -5,13 +5,14 @@ per setting: the sampling temperature (multiplies the Langevin noise variance) a
 start noise ``init_noise`` (U(-a, a) around the proposal head, z units). The starts are the
 models' validation episodes (``--split val``, the default: settings chosen here are then
 scored on test starts by `trajebm compare`) or test episodes after the first ``--skip``
-(``--split test``, disjoint from the starts `trajebm compare --episodes 150` scores). Prints the energy score over the rollout and at its last step, the coverage of
-central 50% and 90% intervals and the spread–skill ratio (``trajebm.evaluate.scores``), with
-states divided by the held-out truth's spread per coordinate.
+(``--split test``, disjoint from the starts `trajebm compare --episodes 150` scores).
+Prints the energy score over the rollout and at its last step, the coverage of central 50%
+and 90% intervals and the spread–skill ratio (``trajebm.evaluate.scores``), with states
+divided by the held-out truth's spread per coordinate.
 
     .venv/bin/python benchmarks/quality_ebm_spread.py \\
-        --model runs/cmp-hidden-ou/ebm-proposal/seed0 --data runs/hidden-ou5k \\
-        --temperatures 1 2 4 8 --init-noise 0.1 0.2 0.3 0.5 0.8
+        --model runs/cmp-hidden-ou/ebm-proposal/seed0 runs/spread-probe/a \\
+        --data runs/hidden-ou5k --temperatures 1 2 4 --init-noise 0.05 0.2
 """
 
 from __future__ import annotations

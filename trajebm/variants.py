@@ -23,6 +23,7 @@ from trajebm.models import (
     FlowConfig,
     ModelConfig,
 )
+from trajebm.models.ebm import paper_sampler
 
 
 def _beta1(cfg: FitConfig, value: Any) -> FitConfig:
@@ -57,6 +58,10 @@ _variant("ebm", EBMConfig())
 _variant("ebm-uncond", EBMConfig(conditional=False))
 _variant("ebm-paper", EBMConfig(), paper=True)
 _variant("ebm-proposal", EBMConfig(proposal=True, init_noise=0.1))
+# ebm-proposal with a chain that samples: noise 0.01 (10x the paper's) and 40 steps, chosen by
+# the energy score on validation starts (docs/results/uncertainty.md).
+_variant("ebm-spread", EBMConfig(proposal=True, init_noise=0.1,
+                                sampler=replace(paper_sampler(), steps=40, noise=0.01)))
 _variant("ebm-dsm", DSMConfig())
 _variant("ebm-dsm-uncond", DSMConfig(conditional=False))
 _variant("flow", FlowConfig())

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from _image_fixtures import assert_resumes_exactly
 
 import imagebm.cli.compose as compose_cli
 from imagebm.cli import main
 from imagebm.compose import CLASSIFIER_TARGET, COMPOSITION_PRESETS, CompositionConfig
 from imagebm.datasets import combination_index
 from imagebm.presets import preset, short_run
-from imagebm.train import load_image_run, load_training_data, train_images
+from imagebm.train import load_image_run, load_training_data
 
 PRESETS = ("dsprites-32", "dsprites-32-shortrun")
 
@@ -46,15 +47,7 @@ def tiny(name: str, steps: int):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_each_preset_trains_and_resumes_exactly(tmp_path, name):
-    unbroken = train_images(tiny(name, 4), tmp_path / "a", progress=False)
-    train_images(tiny(name, 2), tmp_path / "b", progress=False)
-    (tmp_path / "b" / "model.pt").unlink()
-    resumed = train_images(tiny(name, 4), tmp_path / "b", resume=True, progress=False)
-    for a, b in zip(unbroken.state_dict().values(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["buffer"]
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["buffer"]
-    assert torch.equal(a["data"], b["data"]) and torch.equal(a["cond"], b["cond"])
+    unbroken = assert_resumes_exactly(lambda steps: tiny(name, steps), tmp_path)
     assert unbroken.config.image_size == 32
 
 

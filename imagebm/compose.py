@@ -23,6 +23,7 @@ runs it and writes ``report.json`` and ``report.md``.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ from imagebm.grid import save_grid
 from imagebm.metrics import DomainClassifier, train_domain_classifier
 from imagebm.presets import ImageTrainConfig, preset
 from imagebm.train import (
+    CHECKPOINT_FILE,
     MODEL_FILE,
     ImageRun,
     chain_init,
@@ -244,13 +246,20 @@ class CompositionConfig:
 
 def _trained(cfg: ImageTrainConfig, folder: Path, device: torch.device,
              progress: bool) -> ImageRun:
-    """The finished run in ``folder`` if it was trained with ``cfg``, else a fresh training."""
+    """The finished run in ``folder`` if it was trained with ``cfg``; else its training,
+    continued exactly from the checkpoint an interrupted experiment left (same config only)."""
     if (folder / MODEL_FILE).exists():
         run = load_image_run(folder, device)
         if jsonable(run.config) != jsonable(cfg):
             raise UsageError(f"{folder} holds a run with another config; use a new --out")
         return run
-    train_images(cfg, folder, device=device, progress=progress)
+    interrupted = (folder / CHECKPOINT_FILE).exists()
+    if interrupted:
+        recorded = json.loads((folder / "run.json").read_text()).get("config")
+        if recorded != json.loads(json.dumps(jsonable(cfg))):
+            raise UsageError(f"{folder} holds an interrupted run with another config; "
+                             f"use a new --out")
+    train_images(cfg, folder, device=device, resume=interrupted, progress=progress)
     return load_image_run(folder, device)
 
 

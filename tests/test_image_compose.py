@@ -4,6 +4,7 @@ tiny end-to-end compositional-generalisation run (the pipeline, not its numbers)
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -123,3 +124,19 @@ def test_tiny_compositional_generalisation_run_writes_its_report(tmp_path):
     with pytest.raises(UsageError, match="another config"):
         compositional_generalisation(tmp_path / "exp", replace(cfg, steps=3),
                                      progress=False)
+
+    # an interrupted experiment continues its runs: a kill after a run's last checkpoint
+    # and before its model.pt leaves only the checkpoint
+    shutil.copytree(tmp_path / "exp", tmp_path / "b")
+    (tmp_path / "b" / "run-x" / "model.pt").unlink()
+    resumed = compositional_generalisation(tmp_path / "b", replace(cfg, num=3), progress=False)
+    assert resumed["summary"] == again["summary"]
+    kept, back = (load_image_run(tmp_path / d / "run-x").model for d in ("exp", "b"))
+    for x, y in zip(kept.state_dict().values(), back.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    # ... but not with another config, and its checkpoint is left untouched
+    (tmp_path / "b" / "run-shape" / "model.pt").unlink()
+    before = (tmp_path / "b" / "run-shape" / "checkpoint.pt").read_bytes()
+    with pytest.raises(UsageError, match="interrupted run with another config"):
+        compositional_generalisation(tmp_path / "b", replace(cfg, steps=3), progress=False)
+    assert (tmp_path / "b" / "run-shape" / "checkpoint.pt").read_bytes() == before

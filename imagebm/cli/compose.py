@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     q = subparsers.add_parser("compose-experiment",
                               help="compositional generalisation on procedural dSprites")
-    add_out(q, "experiment folder (runs are reused)")
+    add_out(q, "experiment folder (finished runs are reused, interrupted ones continue)")
     add_options(q, CompositionConfig, ["steps", "num"])
     add_option(q, ComposeConfig, "langevin_steps", "--langevin-steps", "--chain-steps",
                help="Langevin steps per sample (default: as `imagebm compose`)")

@@ -92,7 +92,12 @@ def generated_sets(test_images: Tensor, seed: int = 0) -> dict[str, Tensor]:
 
 def dataset_sets(dataset: str, size: int, data_root: str | os.PathLike | None,
                  limit: int) -> dict[str, Tensor]:
-    """SVHN and DTD test images for a CIFAR-10 in-distribution, where their files exist."""
+    """SVHN and DTD test images for a CIFAR-10 in-distribution, where their files exist; for
+    MNIST (full or mnist5k), scikit-learn's 8x8 test digits upsampled: the same classes drawn
+    another way, so a score must tell the style, not the class, apart."""
+    if dataset in ("mnist", "mnist5k"):
+        digits = load_dataset("digits", split="test", image_size=size, limit=limit, seed=0)
+        return {"digits-upsampled": digits.images.float() / 255.0}
     if dataset != "cifar10":
         return {}
     found = {}

@@ -10,7 +10,8 @@ import torch
 from _image_fixtures import tiny_digits_run
 
 from imagebm.cli import main
-from imagebm.ood import auroc, generated_sets, load_ood_file, ood_report
+from imagebm.datasets import load_dataset
+from imagebm.ood import auroc, dataset_sets, generated_sets, load_ood_file, ood_report
 from imagebm.train import preset, train_images
 from trajebm.engine.errors import UsageError
 
@@ -40,6 +41,18 @@ def test_generated_sets_have_the_test_shape_and_range_and_are_seeded():
     again = generated_sets(x, seed=3)
     assert all(torch.equal(sets[k], again[k]) for k in sets)
 
+
+
+def test_mnist_gets_the_sklearn_digits_upsampled_as_an_ood_set():
+    sets = dataset_sets("mnist5k", 28, None, limit=50)
+    assert set(sets) == {"digits-upsampled"}
+    up = sets["digits-upsampled"]
+    assert up.shape == (50, 1, 28, 28) and up.min() >= 0 and up.max() <= 1
+    # the same test digits as at 8x8: averaging the upsampled ones back recovers them
+    small = load_dataset("digits", split="test", limit=50, seed=0).images.float() / 255.0
+    back = torch.nn.functional.adaptive_avg_pool2d(up, 8)
+    assert (back - small).abs().mean() < 0.1
+    assert dataset_sets("digits", 8, None, limit=50) == {}
 
 def test_user_ood_files_are_checked(tmp_path):
     good = tmp_path / "good.npy"

@@ -51,6 +51,7 @@ from trajebm.toy import (
 UNEQUAL_WEIGHTS = np.array([0.30, 0.20, 0.15, 0.10, 0.08, 0.07, 0.05, 0.05])
 MODE_DENSITIES = ("8gaussians", "8gaussians-unequal")
 SAMPLING_KEYS = ("langevin_steps", "sample_temperature")
+CONTRASTIVE_KEYS = ("alpha", "alpha_end", "collapse_gap")
 
 SETTINGS: dict[str, dict[str, float]] = {
     "a0.03": {"alpha": 0.03},
@@ -68,9 +69,12 @@ SETTINGS: dict[str, dict[str, float]] = {
     "a0.01-eta0.02": {"alpha": 0.01, "collapse_gap": 30.0, "sampler_step_size": 0.02},
     "a0.003": {"alpha": 0.003, "collapse_gap": 30.0},
     "a0.003-T0.5": {"alpha": 0.003, "collapse_gap": 30.0, "sample_temperature": 0.5},
+    "a0.03to0.01": {"alpha": 0.03, "alpha_end": 0.01},
+    "a0.03to0.01-guard": {"alpha": 0.03, "alpha_end": 0.01, "collapse_gap": 30.0},
+    "a0.03to0.003": {"alpha": 0.03, "alpha_end": 0.003, "collapse_gap": 30.0},
 }
-"""Named settings: ToyConfig overrides (alpha and collapse_gap go to its ContrastiveConfig,
-sampler_* to the training chain's LangevinConfig)."""
+"""Named settings: ToyConfig overrides (alpha, alpha_end and collapse_gap go to its
+ContrastiveConfig, sampler_* to the training chain's LangevinConfig)."""
 
 
 def unequal_mixture(n: int, seed: int) -> np.ndarray:
@@ -85,7 +89,7 @@ def unequal_mixture(n: int, seed: int) -> np.ndarray:
 def make_config(overrides: dict[str, float], seed: int, steps: int | None) -> ToyConfig:
     """The default ToyConfig with ``overrides`` applied (contrastive keys to its objective)."""
     cfg = ToyConfig(seed=seed)
-    contrastive = {k: v for k, v in overrides.items() if k in ("alpha", "collapse_gap")}
+    contrastive = {k: v for k, v in overrides.items() if k in CONTRASTIVE_KEYS}
     chain = {k[8:]: v for k, v in overrides.items() if k.startswith("sampler_")}
     sampler = replace(cfg.sampler, **{k: int(v) if k == "steps" else v for k, v in chain.items()})
     top = {k: v for k, v in overrides.items()

@@ -4,6 +4,7 @@ runs; each application sets its own in its named configs."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 NEGATIVES_COND = ("data", "buffer")
@@ -73,7 +74,11 @@ class ContrastiveConfig:
     """
 
     alpha: float = 1.0
-    """Weight of the L2 energy penalty."""
+    """Weight of the L2 energy penalty (with ``alpha_end``: its weight at the first step)."""
+    alpha_end: float | None = None
+    """The penalty weight at the final step (None: ``alpha`` throughout). It moves from
+    ``alpha`` geometrically (log-linear in the step) over the trainer's steps, so a high weight
+    can keep the early model from collapsing and a low one sharpen its samples at the end."""
     kl_weight: float = 0.0
     """Weight of the KL term (0: off; it needs the chain's last step to keep its graph)."""
     buffer_size: int = 10000
@@ -95,6 +100,9 @@ class ContrastiveConfig:
             raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
         if not 0.0 <= self.replay_prob <= 1.0:
             raise ValueError(f"replay_prob must be in [0, 1], got {self.replay_prob}")
+        if self.alpha_end is not None and not (0 < self.alpha_end < math.inf and self.alpha > 0):
+            raise ValueError(f"alpha_end must be positive and finite (and alpha positive), got "
+                             f"alpha_end={self.alpha_end}, alpha={self.alpha}")
         if self.collapse_gap is not None and self.collapse_gap <= 0:
             raise ValueError(f"collapse_gap must be positive or None, got {self.collapse_gap}")
         if self.collapse_window < 1:

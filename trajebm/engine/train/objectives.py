@@ -4,8 +4,10 @@ its own Langevin samples) and :class:`Supervised` (any loss of a baseline).
 The trainer hands an objective each batch and the module to run the loss forward through
 (:attr:`Objective.module`, wrapped in DistributedDataParallel under ``torchrun``, so gradients
 are averaged across ranks), and gets back the loss, the values to log and how large the step's
-energies were. The objective owns whatever state it needs beyond the model — the contrastive
-objective's replay buffer and collapse guard — and saves it in the trainer's checkpoint.
+energies were; before each step it tells the objective the step's index and the run's length
+(:meth:`Objective.at_step`, for schedules: they resume and roll back with the trainer's step).
+The objective owns whatever state it needs beyond the model — the contrastive objective's
+replay buffer and collapse guard — and saves it in the trainer's checkpoint.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class Objective:
     def step(self, net: nn.Module, x: Tensor, cond: Tensor | None) -> StepResult:
         """The loss of a batch, its forward run through ``net`` (:attr:`module`, maybe DDP)."""
         raise NotImplementedError
+
+    def at_step(self, step: int, total: int) -> None:
+        """Called before each step with its index (0-based) and the run's number of steps."""
 
     def commit(self) -> None:
         """Called after the step's update was applied."""
@@ -140,6 +145,7 @@ class Contrastive(Objective):
         self.gaps: deque[float] = deque(maxlen=self.config.collapse_window)
         self._home = buffer.device
         self._pending: tuple[Tensor, Tensor | None] | None = None
+        self._step, self._steps = 0, 1
 
     @classmethod
     def build(cls, model: nn.Module, sampler: LangevinConfig, config: ContrastiveConfig,
@@ -175,8 +181,22 @@ class Contrastive(Objective):
                 f"{gap:.3f} > collapse_gap {cfg.collapse_gap:g} (the model separates data "
                 f"from its samples; chains no longer reach the data)")
 
+    def at_step(self, step: int, total: int) -> None:
+        self._step, self._steps = step, total
+
+    @property
+    def alpha(self) -> float:
+        """The current step's penalty weight: ``alpha``, or with ``alpha_end``
+        ``alpha^(1-t) alpha_end^t`` for t = step / (steps - 1) (exact at both ends; t = 0 in a
+        one-step run)."""
+        cfg = self.config
+        if cfg.alpha_end is None:
+            return cfg.alpha
+        t = self._step / max(self._steps - 1, 1)
+        return cfg.alpha ** (1 - t) * cfg.alpha_end**t
+
     def step(self, net: nn.Module, x: Tensor, cond: Tensor | None) -> StepResult:
-        cfg, device = self.config, x.device
+        cfg, device, alpha = self.config, x.device, self.alpha
         start = self.buffer.sample(len(x), cond)
         c_neg = cond if cfg.negatives_cond == "data" or start.cond is None else start.cond
         c_neg = None if c_neg is None else c_neg.to(device)
@@ -194,7 +214,7 @@ class Contrastive(Objective):
         else:
             energies, aux = net(x_all, both_cond, len(x))
         e_pos, e_neg = energies[: len(x)], energies[len(x):]
-        loss, penalty = cd_loss(e_pos, e_neg, cfg.alpha)
+        loss, penalty = cd_loss(e_pos, e_neg, alpha)
         loss = loss + aux
         kl_term = torch.zeros((), device=device)
         if kl:
@@ -210,6 +230,8 @@ class Contrastive(Objective):
                "kl": stats[4], "lr": math.nan, "replayed": float(start.replayed.float().mean())}
         if self.aux_loss is not None:
             row["aux"] = stats[5]
+        if cfg.alpha_end is not None:
+            row["alpha"] = alpha
         return StepResult(loss, row, stats[6], reason)
 
     def commit(self) -> None:

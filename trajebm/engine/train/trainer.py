@@ -201,6 +201,7 @@ class Trainer:
         x = x.to(self.device)
         cond = None if cond is None else cond.to(self.device)
         self.model.train()
+        self.objective.at_step(self.step, self.config.steps)
         result = self.objective.step(self.net, x, cond)
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()

@@ -44,7 +44,7 @@ from imagebm.datasets import (
 )
 from imagebm.grid import save_grid
 from imagebm.metrics import DomainClassifier, train_domain_classifier
-from imagebm.presets import ImageTrainConfig, preset
+from imagebm.presets import ImageTrainConfig, config_from_record, preset
 from imagebm.train import (
     CHECKPOINT_FILE,
     MODEL_FILE,
@@ -255,8 +255,10 @@ def _trained(cfg: ImageTrainConfig, folder: Path, device: torch.device,
         return run
     interrupted = (folder / CHECKPOINT_FILE).exists()
     if interrupted:
-        recorded = json.loads((folder / "run.json").read_text()).get("config")
-        if recorded != json.loads(json.dumps(jsonable(cfg))):
+        info = folder / "run.json"
+        record = json.loads(info.read_text()) if info.exists() else {}
+        recorded = config_from_record(record.get("config"), info)
+        if jsonable(recorded) != jsonable(cfg):
             raise UsageError(f"{folder} holds an interrupted run with another config; "
                              f"use a new --out")
     train_images(cfg, folder, device=device, resume=interrupted, progress=progress)

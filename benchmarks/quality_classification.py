@@ -12,12 +12,15 @@ claim that one score beats another holds across seeds, not on one.
 
 Run: ``.venv/bin/python benchmarks/quality_classification.py --runs runs/digits-s{0..4}
 --out benchmarks/results/classification-digits`` (~1 min per run on 2 CPU cores, plus the
-reference's training the first time).
+reference's training the first time). With ``--cache FILE.jsonl`` each run's measurement is
+appended there and reused by later calls (same run and refinement length), so seeds can be
+scored as they finish and the table printed over all of them at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", nargs="+", required=True, help="run folders, one per seed")
     p.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     p.add_argument("--langevin-steps", type=int, default=10, help="refinement length scored")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="JSON lines of measured runs: reused, new ones appended")
     return p.parse_args()
 
 
@@ -45,21 +50,44 @@ def interval(values: list[float]) -> str:
     return f"{i.value:.3f} [{i.low:.3f}, {i.high:.3f}]"
 
 
+def load_cache(path: Path | None) -> dict[str, dict]:
+    """Earlier measurements by run and refinement length (empty without a cache file)."""
+    if path is None or not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row.pop("key"): row for row in rows}
+
+
+def measure(run: str, steps: tuple[int, int]) -> dict[str, dict]:
+    """One run's accuracies (EBM plain and refined, softmax reference) and OOD AUROCs."""
+    cls = classify_report(run, steps, progress=False)
+    accuracy = {f"EBM, {k} Langevin steps": v for k, v in cls["ebm_accuracy"].items()}
+    accuracy["softmax reference"] = cls["softmax_accuracy"]
+    report, _ = ood_report(run, progress=False)
+    auroc = {score: {name: value["auroc"] for name, value in per_set.items()}
+             for score, per_set in report["scores"].items()}
+    return {"accuracy": accuracy, "auroc": auroc}
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
     steps = (0, args.langevin_steps)
     acc: dict[str, list[float]] = {}
     auc: dict[str, dict[str, list[float]]] = {}
+    cached = load_cache(args.cache)
     for run in args.runs:
-        cls = classify_report(run, steps, progress=False)
-        for k, v in cls["ebm_accuracy"].items():
-            acc.setdefault(f"EBM, {k} Langevin steps", []).append(v)
-        acc.setdefault("softmax reference", []).append(cls["softmax_accuracy"])
-        report, _ = ood_report(run, progress=False)
-        for score, per_set in report["scores"].items():
+        key = f"{run}|{args.langevin_steps}"
+        if key not in cached:
+            cached[key] = measure(run, steps)
+            if args.cache is not None:
+                with args.cache.open("a") as f:
+                    f.write(json.dumps({"key": key, **cached[key]}) + "\n")
+        for k, v in cached[key]["accuracy"].items():
+            acc.setdefault(k, []).append(v)
+        for score, per_set in cached[key]["auroc"].items():
             for name, value in per_set.items():
-                auc.setdefault(score, {}).setdefault(name, []).append(value["auroc"])
+                auc.setdefault(score, {}).setdefault(name, []).append(value)
         print(f"{run}: accuracy " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in acc.items()))
     sets = list(next(iter(auc.values())))
     lines = [f"{len(args.runs)} seeds; median [95% bootstrap interval over seeds]", "",

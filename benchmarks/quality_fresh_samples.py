@@ -21,12 +21,16 @@ the same size. Prints a markdown table.
 
 Run: ``.venv/bin/python benchmarks/quality_fresh_samples.py --runs runs/digits-shortrun-s{0,1,2}
 --references runs/digits-s{0,1,2} --num 359`` (~1 min per run for digits, ~2 min for
-dsprites-16 with ``--num 500``, on 1 CPU thread).
+dsprites-16 with ``--num 500``, on 1 CPU thread). With ``--cache FILE.jsonl`` each run's scores
+are appended there and reused by later calls (same run, sampler, ``--num`` and ``--seed``), so
+seeds can be scored as they finish and the table printed over all of them at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +49,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--num", type=int, default=359, help="samples per sampler")
     p.add_argument("--paper", action="store_true", help="also the paper's sampler")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=None,
+                   help="JSON lines of scored runs: reused, new ones appended")
     return p.parse_args()
 
 
@@ -69,11 +75,21 @@ def main() -> None:
     buffer = SampleConfig(num=args.num, start="buffer", chunks=0)
     kinds = [("fresh", own), ("buffer", buffer)] + (
         [("paper", SampleConfig.paper(num=args.num, seed=args.seed))] if args.paper else [])
+    cached = {}
+    if args.cache is not None and args.cache.exists():
+        lines = [json.loads(x) for x in args.cache.read_text().splitlines() if x.strip()]
+        cached = {row.pop("key"): row for row in lines}
     rows: dict[str, list[dict[str, float]]] = {}
     for group, members in (("run", runs), ("reference", references)):
         for kind, sampler in kinds:
-            if members:
-                rows[f"{group} {kind}"] = [score(r, sampler, data_diversity) for r in members]
+            for run in members:
+                key = f"{run.path}|{kind}|{args.num}|{args.seed}"
+                if key not in cached:
+                    cached[key] = score(run, sampler, data_diversity)
+                    if args.cache is not None:
+                        with args.cache.open("a") as f:
+                            f.write(json.dumps({"key": key, **cached[key]}) + "\n")
+                rows.setdefault(f"{group} {kind}", []).append(cached[key])
     s = SampleConfig().resolve(cfg)
     print(f"{cfg.dataset}, {args.num} samples per run; runs: {', '.join(args.runs)} (replay_prob "
           f"{cfg.contrastive.replay_prob}; fresh = {s.chunks} x {s.chunk_steps} steps, T = "

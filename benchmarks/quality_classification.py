@@ -20,11 +20,11 @@ scored as they finish and the table printed over all of them at the end.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from jsonl_cache import JsonlCache
 
 from imagebm.classify import classify_report
 from imagebm.ood import ood_report
@@ -50,14 +50,6 @@ def interval(values: list[float]) -> str:
     return f"{i.value:.3f} [{i.low:.3f}, {i.high:.3f}]"
 
 
-def load_cache(path: Path | None) -> dict[str, dict]:
-    """Earlier measurements by run and refinement length (empty without a cache file)."""
-    if path is None or not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {row.pop("key"): row for row in rows}
-
-
 def measure(run: str, steps: tuple[int, int]) -> dict[str, dict]:
     """One run's accuracies (EBM plain and refined, softmax reference) and OOD AUROCs."""
     cls = classify_report(run, steps, progress=False)
@@ -75,17 +67,12 @@ def main() -> None:
     steps = (0, args.langevin_steps)
     acc: dict[str, list[float]] = {}
     auc: dict[str, dict[str, list[float]]] = {}
-    cached = load_cache(args.cache)
+    cache = JsonlCache(args.cache)
     for run in args.runs:
-        key = f"{run}|{args.langevin_steps}"
-        if key not in cached:
-            cached[key] = measure(run, steps)
-            if args.cache is not None:
-                with args.cache.open("a") as f:
-                    f.write(json.dumps({"key": key, **cached[key]}) + "\n")
-        for k, v in cached[key]["accuracy"].items():
+        row = cache.get(f"{run}|{args.langevin_steps}", lambda run=run: measure(run, steps))
+        for k, v in row["accuracy"].items():
             acc.setdefault(k, []).append(v)
-        for score, per_set in cached[key]["auroc"].items():
+        for score, per_set in row["auroc"].items():
             for name, value in per_set.items():
                 auc.setdefault(score, {}).setdefault(name, []).append(value)
         print(f"{run}: accuracy " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in acc.items()))

@@ -29,11 +29,11 @@ seeds can be scored as they finish and the table printed over all of them at the
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from jsonl_cache import JsonlCache
 
 from imagebm.evaluate import classifier_factor, score_samples, scoring_split
 from imagebm.sample import SampleConfig, class_diversity, sample_images
@@ -75,21 +75,14 @@ def main() -> None:
     buffer = SampleConfig(num=args.num, start="buffer", chunks=0)
     kinds = [("fresh", own), ("buffer", buffer)] + (
         [("paper", SampleConfig.paper(num=args.num, seed=args.seed))] if args.paper else [])
-    cached = {}
-    if args.cache is not None and args.cache.exists():
-        lines = [json.loads(x) for x in args.cache.read_text().splitlines() if x.strip()]
-        cached = {row.pop("key"): row for row in lines}
+    cache = JsonlCache(args.cache)
     rows: dict[str, list[dict[str, float]]] = {}
     for group, members in (("run", runs), ("reference", references)):
         for kind, sampler in kinds:
             for run in members:
-                key = f"{run.path}|{kind}|{args.num}|{args.seed}"
-                if key not in cached:
-                    cached[key] = score(run, sampler, data_diversity)
-                    if args.cache is not None:
-                        with args.cache.open("a") as f:
-                            f.write(json.dumps({"key": key, **cached[key]}) + "\n")
-                rows.setdefault(f"{group} {kind}", []).append(cached[key])
+                row = cache.get(f"{run.path}|{kind}|{args.num}|{args.seed}",
+                                lambda r=run, s=sampler: score(r, s, data_diversity))
+                rows.setdefault(f"{group} {kind}", []).append(row)
     s = SampleConfig().resolve(cfg)
     print(f"{cfg.dataset}, {args.num} samples per run; runs: {', '.join(args.runs)} (replay_prob "
           f"{cfg.contrastive.replay_prob}; fresh = {s.chunks} x {s.chunk_steps} steps, T = "

@@ -21,11 +21,11 @@ reused by later calls with the same settings, so long runs (28x28) can be scored
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from jsonl_cache import JsonlCache
 
 from imagebm.restore import RestoreConfig, restore
 from trajebm.engine.stats import median_interval, probability_of_improvement
@@ -33,14 +33,6 @@ from trajebm.engine.stats import median_interval, probability_of_improvement
 REFERENCES = ("mean_fill", "nearest_neighbour", "knn_mean_fill")
 TASKS = (("inpaint", False), ("inpaint", True), ("saltpepper", False), ("saltpepper", True))
 TASK_NAMES = {f"{task}{'-label' if given else ''}": (task, given) for task, given in TASKS}
-
-
-def load_cache(path: Path | None) -> dict[str, dict[str, float]]:
-    """Earlier scores by run, task and settings (empty without a cache file)."""
-    if path is None or not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {row.pop("key"): row for row in rows}
 
 
 def score_run(run: str, task: str, given: bool, args: argparse.Namespace) -> dict[str, float]:
@@ -65,7 +57,7 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=None,
                    help="JSON lines of scored runs: reused, new ones appended")
     args = p.parse_args()
-    cached = load_cache(args.cache)
+    cache = JsonlCache(args.cache)
     torch.set_num_threads(1)
     print(f"runs: {', '.join(args.runs)}; {args.num} test images; PSNR (dB) on the corrupted "
           f"pixels, median over seeds [95% interval]\n")
@@ -77,13 +69,9 @@ def main() -> None:
         task, given = TASK_NAMES[name]
         psnr: dict[str, list[float]] = {key: [] for key in ("one", "mean", *REFERENCES)}
         for run in args.runs:
-            key = f"{run}|{name}|{args.chains}|{args.num}|{args.knn_k}"
-            if key not in cached:
-                cached[key] = score_run(run, task, given, args)
-                if args.cache is not None:
-                    with args.cache.open("a") as f:
-                        f.write(json.dumps({"key": key, **cached[key]}) + "\n")
-            for k, v in cached[key].items():
+            row = cache.get(f"{run}|{name}|{args.chains}|{args.num}|{args.knn_k}",
+                            lambda r=run, t=task, g=given: score_run(r, t, g, args))
+            for k, v in row.items():
                 psnr[k].append(v)
         cells = []
         for key in psnr:

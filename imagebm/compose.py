@@ -23,7 +23,6 @@ runs it and writes ``report.json`` and ``report.md``.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -44,7 +43,7 @@ from imagebm.datasets import (
 )
 from imagebm.grid import save_grid
 from imagebm.metrics import DomainClassifier, train_domain_classifier
-from imagebm.presets import ImageTrainConfig, config_from_record, preset
+from imagebm.presets import ImageTrainConfig, preset
 from imagebm.train import (
     CHECKPOINT_FILE,
     MODEL_FILE,
@@ -248,19 +247,14 @@ def _trained(cfg: ImageTrainConfig, folder: Path, device: torch.device,
              progress: bool) -> ImageRun:
     """The finished run in ``folder`` if it was trained with ``cfg``; else its training,
     continued exactly from the checkpoint an interrupted experiment left (same config only)."""
-    if (folder / MODEL_FILE).exists():
-        run = load_image_run(folder, device)
+    done, interrupted = (folder / MODEL_FILE).exists(), (folder / CHECKPOINT_FILE).exists()
+    if done or interrupted:
+        run = load_image_run(folder, device)  # a checkpointed run's config comes from run.json
         if jsonable(run.config) != jsonable(cfg):
-            raise UsageError(f"{folder} holds a run with another config; use a new --out")
-        return run
-    interrupted = (folder / CHECKPOINT_FILE).exists()
-    if interrupted:
-        info = folder / "run.json"
-        record = json.loads(info.read_text()) if info.exists() else {}
-        recorded = config_from_record(record.get("config"), info)
-        if jsonable(recorded) != jsonable(cfg):
-            raise UsageError(f"{folder} holds an interrupted run with another config; "
-                             f"use a new --out")
+            what = "a run" if done else "an interrupted run"
+            raise UsageError(f"{folder} holds {what} with another config; use a new --out")
+        if done:
+            return run
     train_images(cfg, folder, device=device, resume=interrupted, progress=progress)
     return load_image_run(folder, device)
 

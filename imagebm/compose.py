@@ -219,7 +219,10 @@ class CompositionConfig:
     classifier_steps: int = 1000
     """Training steps of each factor's classifier."""
     seed: int = 0
-    """Seeds the runs, the classifiers and the test data."""
+    """Seeds the runs, the classifiers (unless classifier_seed is set) and the test data."""
+    classifier_seed: int | None = None
+    """Seeds the factor classifiers and their training images (default: the seed). Fixing it
+    reads every seed's samples with one set of classifiers, so seeds differ only in the models."""
 
     def __post_init__(self) -> None:
         self.factors = tuple(self.factors)
@@ -261,14 +264,15 @@ def _trained(cfg: ImageTrainConfig, folder: Path, device: torch.device,
 
 def _classifier(factor: str, cfg: CompositionConfig, size: int, folder: Path) -> DomainClassifier:
     """A classifier of ``factor``'s (binned) values, trained on all the data (no hold-out)."""
+    seed = cfg.seed if cfg.classifier_seed is None else cfg.classifier_seed
     path = folder / f"{factor}-{factor_classes(factor, cfg.factor_bins)}-{cfg.limit}-" \
-        f"{cfg.classifier_steps}-{cfg.seed}.pt"
+        f"{cfg.classifier_steps}-{seed}.pt"
     if path.exists():
         return DomainClassifier.load(path)
     data = load_dataset("dsprites-procedural", image_size=size, limit=cfg.limit,
-                        seed=cfg.seed + 1, label_factor=factor, factor_bins=cfg.factor_bins)
+                        seed=seed + 1, label_factor=factor, factor_bins=cfg.factor_bins)
     classifier = train_domain_classifier(data.float(), data.labels, data.num_classes,
-                                         steps=cfg.classifier_steps, seed=cfg.seed)
+                                         steps=cfg.classifier_steps, seed=seed)
     classifier.save(path)
     return classifier
 
@@ -427,6 +431,13 @@ def _classifier_line(check: dict[str, Any]) -> str:
             f"on): {accuracy} ({verdict}).")
 
 
+def _classifier_seed(cfg: CompositionConfig) -> str:
+    """Where the classifiers' seed differs from the experiment's, say so."""
+    if cfg.classifier_seed is None or cfg.classifier_seed == cfg.seed:
+        return ""
+    return f" (classifiers: seed {cfg.classifier_seed})"
+
+
 def _markdown(report: dict[str, Any], cfg: CompositionConfig) -> str:
     """The report as a short Markdown page."""
     s = report["summary"]
@@ -437,8 +448,9 @@ def _markdown(report: dict[str, Any], cfg: CompositionConfig) -> str:
         f"Factors {', '.join(cfg.factors)} (bins {cfg.factor_bins}); held out "
         f"{len(cfg.hold_out)} combinations; {cfg.steps} training steps per model, "
         f"{cfg.num} samples per combination and method, {report['chain_steps']} Langevin "
-        f"steps from noise (preset {cfg.preset}); seed {cfg.seed}. Score: fraction of samples "
-        f"whose every factor the classifiers (trained on all the data) read as requested; "
+        f"steps from noise (preset {cfg.preset}); seed {cfg.seed}{_classifier_seed(cfg)}. "
+        f"Score: fraction of samples whose every factor the classifiers (trained on all the "
+        f"data) read as requested; "
         f"chance {report['chance']:.3f}.",
         "",
         _classifier_line(report["classifiers"]),

@@ -53,6 +53,11 @@ def test_compare_writes_summary_table_and_figure_and_resumes(root, tmp_path, cap
     shutil.rmtree(out / slug("ebm") / "seed0")
     assert run(data, out, "--models", *models, "--seeds", "2") == 2
     assert "already holds a comparison" in capsys.readouterr().err
+    plan = (out / "compare.json").read_bytes()
+    assert run(data, out, "--models", *models, "--seeds", "2", "--resume",
+               "--horizon", "4") == 2
+    assert "started with other settings (eval.horizon)" in capsys.readouterr().err
+    assert (out / "compare.json").read_bytes() == plan
     assert run(data, out, "--models", *models, "--seeds", "2", "--resume") == 0
     assert (seed1 / "model.pt").stat().st_mtime_ns == trained_at
     assert (out / slug("ebm") / "seed0" / "eval.npz").is_file()

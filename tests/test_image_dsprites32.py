@@ -13,7 +13,12 @@ from _image_fixtures import assert_resumes_exactly
 
 import imagebm.cli.compose as compose_cli
 from imagebm.cli import main
-from imagebm.compose import CLASSIFIER_TARGET, COMPOSITION_PRESETS, CompositionConfig
+from imagebm.compose import (
+    CLASSIFIER_TARGET,
+    COMPOSITION_PRESETS,
+    CompositionConfig,
+    factor_classifiers,
+)
 from imagebm.datasets import combination_index
 from imagebm.presets import preset, short_run
 from imagebm.train import load_image_run, load_training_data
@@ -65,8 +70,12 @@ def test_compose_experiment_on_dsprites_32_reports_its_classifiers(tmp_path, mon
     monkeypatch.setattr(compose_cli, "CompositionConfig", TinyComposition)
     out = tmp_path / "exp"
     assert main(["compose-experiment", "--preset", "dsprites-32", "--steps", "2", "--num", "2",
-                 "--chain-steps", "2", "--out", str(out), "--quiet"]) == 0
+                 "--chain-steps", "2", "--classifier-seed", "5", "--out", str(out),
+                 "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["config"]["classifier_seed"] == 5
+    assert sorted(p.name for p in (out / "classifiers").iterdir()) == [
+        "scale-2-300-3-5.pt", "shape-3-300-3-5.pt", "x-2-300-3-5.pt"]
     assert report["image_size"] == 32 and report["config"]["preset"] == "dsprites-32"
     assert len(report["combinations"]) == 12
     check = report["classifiers"]
@@ -80,8 +89,20 @@ def test_compose_experiment_on_dsprites_32_reports_its_classifiers(tmp_path, mon
     short = [f for f, a in check["accuracy"].items() if a < CLASSIFIER_TARGET]
     page = capsys.readouterr().out
     assert "procedural dSprites 32×32" in page and "Factor classifiers' accuracy on 2000" in page
+    assert "seed 0 (classifiers: seed 5)" in page
     assert (f"below {CLASSIFIER_TARGET} for {', '.join(short)}" if short else
             f"all at least {CLASSIFIER_TARGET}") in page
     assert page.strip() == (out / "report.md").read_text().strip()
     assert load_image_run(out / "run-shape").model.config.image_size == 32
     assert (out / "held-out-composed.png").exists()
+
+
+def test_a_fixed_classifier_seed_gives_every_experiment_seed_the_same_classifiers(tmp_path):
+    def weights(name, **seeds):
+        cfg = TinyComposition(preset="dsprites-32", **seeds)
+        return factor_classifiers(cfg, 32, tmp_path / name)["x"].state_dict()
+
+    own, fixed = weights("own", seed=1), weights("fixed", seed=1, classifier_seed=0)
+    reference = weights("seed0", seed=0)
+    assert all(torch.equal(fixed[k], reference[k]) for k in reference)
+    assert not all(torch.equal(own[k], reference[k]) for k in reference)

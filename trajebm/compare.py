@@ -6,17 +6,20 @@ ablations run through the same command: ``ebm ebm:context_noise=0.1 fc fc-paper 
 settings every variant starts from are ``CompareConfig.base`` (``--base key=value,...``). Each run
 lives in ``OUT/<variant>/seed<s>/`` (a ``trajebm train`` run folder plus ``eval.npz``, its
 predictions and per-start scores); a run whose files exist is reused, so an interrupted
-comparison resumes where it stopped. The report: ``summary.json``, ``summary.md`` (a table of
-medians with 95% intervals, and the probability that one variant beats another across seeds),
-``scores.md`` (the same for the proper scores per start of :mod:`trajebm.evaluate.scores`;
-they are in ``summary.json`` under each variant's ``scores`` and ``score_poi``), ``fd.png`` (FD
-over the horizon, median and interval band per variant) and ``calibration.png`` (observed vs
-nominal coverage of the samples' central intervals).
+comparison resumes where it stopped (with the same data and settings; :func:`check_resume`
+refuses others, since a run is found by its variant's name alone). The report:
+``summary.json``, ``summary.md`` (a table of medians with 95% intervals, and the probability
+that one variant beats another across seeds), ``scores.md`` (the same for the proper scores per
+start of :mod:`trajebm.evaluate.scores`; they are in ``summary.json`` under each variant's
+``scores`` and ``score_poi``), ``fd.png`` (FD over the horizon, median and interval band per
+variant) and ``calibration.png`` (observed vs nominal coverage of the samples' central
+intervals).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import time
@@ -36,7 +39,7 @@ from trajebm.engine.errors import UsageError
 from trajebm.engine.metrics import frechet_distance_resampled
 from trajebm.engine.plotting import pyplot
 from trajebm.engine.runinfo import atomic_write_bytes, jsonable, write_json, write_run_info
-from trajebm.engine.settings import parse_overrides, parse_spec
+from trajebm.engine.settings import differences, from_dict, parse_overrides, parse_spec
 from trajebm.engine.stats import median_interval, median_over_seeds, probability_of_improvement
 from trajebm.evaluate import (
     REPORT_STEPS,
@@ -61,6 +64,10 @@ from trajebm.variants import VARIANTS, variant_config
 
 PLAN_FILE = "compare.json"
 EVAL_FILE = "eval.npz"
+RESUME_FREE = frozenset({"seeds", "jobs", "eval.progress", "resamples", "band_every",
+                         "band_resamples"})
+"""Settings a resumed comparison may change: they add or drop seeds, or change only how the
+report is computed, never a finished run."""
 
 
 @dataclass
@@ -193,9 +200,11 @@ def compare(data: str | os.PathLike, specs: list[str], out_dir: str | os.PathLik
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory")
-    if (out / PLAN_FILE).exists() and not resume:
-        raise UsageError(f"{out} already holds a comparison; pass --resume to continue it or "
-                         f"choose another --out")
+    if (out / PLAN_FILE).exists():
+        if not resume:
+            raise UsageError(f"{out} already holds a comparison; pass --resume to continue it "
+                             f"or choose another --out")
+        check_resume(out, data, cfg)
     test, horizon = _test_set(data, configs, cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / PLAN_FILE, {"data": str(data), "specs": specs, "seeds": cfg.seeds,
@@ -224,6 +233,27 @@ def compare(data: str | os.PathLike, specs: list[str], out_dir: str | os.PathLik
     plot_calibration({spec: entry["scores"]["calibration"]
                       for spec, entry in summary["variants"].items()}, out / "calibration.png")
     return summary
+
+
+def check_resume(out: Path, data: str | os.PathLike, config: CompareConfig) -> None:
+    """Refuse to resume the comparison in ``out`` with another dataset or with settings that
+    its finished runs were not made with (each run is reused by its variant's name alone).
+    Adding variants or seeds, or changing the report's settings (:data:`RESUME_FREE`), is fine.
+    """
+    path = out / PLAN_FILE
+    try:
+        plan = json.loads(path.read_text())
+        before = from_dict(CompareConfig, plan["config"])
+        data_before = Path(plan["data"])
+    except (OSError, ValueError, TypeError, KeyError, UsageError) as err:
+        raise UsageError(f"{path}: not a readable comparison plan ({err}); choose another "
+                         f"--out") from None
+    changed = sorted(k for k in differences(config, before) if k not in RESUME_FREE)
+    if data_before.resolve() != Path(data).resolve():
+        changed.insert(0, f"data (was {data_before})")
+    if changed:
+        raise UsageError(f"{out} was started with other settings ({', '.join(changed)}); "
+                         f"resume with the same ones or choose another --out")
 
 
 def _fd_stat(pred: np.ndarray, truth: np.ndarray, t: int, dims: np.ndarray,

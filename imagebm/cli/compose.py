@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                help="Langevin steps per sample (default: as `imagebm compose`)")
     add_option(q, CompositionConfig, "preset", choices=list(COMPOSITION_PRESETS))
     add_option(q, CompositionConfig, "seed")
+    add_option(q, CompositionConfig, "classifier_seed")
     add_device(q)
     add_quiet(q, "no progress bars")
     q.set_defaults(func=run_experiment)

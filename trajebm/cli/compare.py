@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_option(p, EvalConfig, "max_episodes", "--episodes")
     add_options(p, CompareConfig, ["resamples", "jobs"])
     add_options(p, EvalConfig, ["device"])
-    p.add_argument("--resume", action="store_true", help="continue the comparison in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the comparison in --out (the same data and settings; more "
+                   "variants or seeds are fine)")
     add_option(p, EvalConfig, "progress", "--quiet", help="no progress bars")
     p.set_defaults(func=run_compare)
 

@@ -23,14 +23,16 @@ import numpy as np
 from trajebm.engine.stats import median_interval, probability_of_improvement
 
 
-def finals(spec: str) -> dict[str, np.ndarray]:
-    """``LABEL=DIR`` → {"LABEL/method": per-seed final accuracy in %}."""
+def finals(spec: str, incomplete: bool = False) -> dict[str, np.ndarray]:
+    """``LABEL=DIR`` → {"LABEL/method": per-seed final accuracy in %}; a report whose seeds
+    have not all finished is refused unless ``incomplete`` (then its finished seeds count)."""
     label, sep, folder = spec.partition("=")
     if not sep:
         raise SystemExit(f"expected LABEL=DIR, got {spec!r}")
     report = json.loads((Path(folder) / "continual.json").read_text())
-    if not report.get("complete", False):
-        raise SystemExit(f"{folder}: the report is incomplete (a run still going or stopped)")
+    if not (report.get("complete", False) or incomplete):
+        raise SystemExit(f"{folder}: the report is incomplete (a run still going or stopped; "
+                         f"--incomplete uses its finished seeds)")
     return {f"{label}/{m}": 100 * np.asarray(v["final_accuracy"]["per_seed"])
             for m, v in report["methods"].items()}
 
@@ -39,10 +41,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("reports", nargs="+", help="LABEL=DIR, DIR holding continual.json")
     p.add_argument("--reference", required=True, help="LABEL/method the others are compared to")
+    p.add_argument("--incomplete", action="store_true",
+                   help="use the finished seeds of reports whose run stopped early")
     args = p.parse_args()
     rows: dict[str, np.ndarray] = {}
     for spec in args.reports:
-        rows.update(finals(spec))
+        rows.update(finals(spec, args.incomplete))
     if args.reference not in rows:
         raise SystemExit(f"--reference {args.reference!r} not among {', '.join(rows)}")
     ref = rows[args.reference]

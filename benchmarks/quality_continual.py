@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from trajebm.engine.stats import median_interval, probability_of_improvement
+from trajebm.evaluate import format_interval
 
 
 def finals(spec: str, incomplete: bool = False) -> dict[str, np.ndarray]:
@@ -53,14 +54,11 @@ def main() -> None:
     print(f"| variant | final per seed (%) | median [95% interval] | P(higher than "
           f"{args.reference}) |\n|---|---|---|---|")
     for name, v in rows.items():
-        med = median_interval(v[:, None])
-        if name == args.reference:
-            poi = "–"
-        else:
-            p_imp = probability_of_improvement(v, ref, lower_is_better=False)
-            poi = f"{p_imp.value:.2f} [{p_imp.low:.2f}, {p_imp.high:.2f}]"
-        print(f"| {name} | {', '.join(f'{x:.1f}' for x in v)} | {med.value:.1f} "
-              f"[{med.low:.1f}, {med.high:.1f}] | {poi} |")
+        poi = None if name == args.reference else \
+            probability_of_improvement(v, ref, lower_is_better=False).as_dict()
+        print(f"| {name} | {', '.join(f'{x:.1f}' for x in v)} | "
+              f"{format_interval(median_interval(v[:, None]).as_dict())} | "
+              f"{format_interval(poi)} |")
 
 
 if __name__ == "__main__":

@@ -239,6 +239,11 @@ class CompositionConfig:
         if self.num < 1 or self.classifier_steps < 1:
             raise UsageError("num and classifier_steps must be >= 1")
 
+    @property
+    def classifiers_seed(self) -> int:
+        """The seed the factor classifiers are trained with."""
+        return self.seed if self.classifier_seed is None else self.classifier_seed
+
     def run_config(self, label_factor: str) -> ImageTrainConfig:
         """The training config of the run labelled by ``label_factor`` (one factor or joint)."""
         return preset(self.preset, label_factor=label_factor, factor_bins=dict(self.factor_bins),
@@ -264,7 +269,7 @@ def _trained(cfg: ImageTrainConfig, folder: Path, device: torch.device,
 
 def _classifier(factor: str, cfg: CompositionConfig, size: int, folder: Path) -> DomainClassifier:
     """A classifier of ``factor``'s (binned) values, trained on all the data (no hold-out)."""
-    seed = cfg.seed if cfg.classifier_seed is None else cfg.classifier_seed
+    seed = cfg.classifiers_seed
     path = folder / f"{factor}-{factor_classes(factor, cfg.factor_bins)}-{cfg.limit}-" \
         f"{cfg.classifier_steps}-{seed}.pt"
     if path.exists():
@@ -433,9 +438,8 @@ def _classifier_line(check: dict[str, Any]) -> str:
 
 def _classifier_seed(cfg: CompositionConfig) -> str:
     """Where the classifiers' seed differs from the experiment's, say so."""
-    if cfg.classifier_seed is None or cfg.classifier_seed == cfg.seed:
-        return ""
-    return f" (classifiers: seed {cfg.classifier_seed})"
+    seed = cfg.classifiers_seed
+    return "" if seed == cfg.seed else f" (classifiers: seed {seed})"
 
 
 def _markdown(report: dict[str, Any], cfg: CompositionConfig) -> str:
